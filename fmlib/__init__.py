@@ -1,0 +1,23 @@
+"""fmlib: the small flow matching library of the book *Flow Matching, Executed*.
+
+Conventions: t = 0 is the source N(0, I), t = 1 is the data; batch first;
+a velocity field is a callable ``v(x, t)`` with x of shape (B, *D) and t of
+shape (B,).
+"""
+
+from .data import DATASETS, checkerboard, eight_gaussians, s_curve, sample_data, spirals, two_moons
+from .losses import cfm_loss
+from .models import MLP
+from .paths import GaussianPath, LinearPath, PathSample, ProbPath
+from .solvers import METHODS, NFE_PER_STEP, euler_step, heun_step, integrate, midpoint_step, rk4_step, time_grid
+from .training import train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PathSample", "ProbPath", "LinearPath", "GaussianPath",
+    "cfm_loss",
+    "euler_step", "midpoint_step", "heun_step", "rk4_step", "integrate", "time_grid", "METHODS", "NFE_PER_STEP",
+    "MLP", "train",
+    "two_moons", "eight_gaussians", "checkerboard", "spirals", "s_curve", "sample_data", "DATASETS",
+]

@@ -1,0 +1,86 @@
+"""Input validation shared by fmlib: clear errors instead of silent NaNs.
+
+Every check raises ``TypeError`` (wrong kind of object) or ``ValueError``
+(right kind, wrong shape or value) with a message that names the argument,
+what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+
+def check_batch(x: object, name: str = "x") -> Tensor:
+    """Return ``x`` if it is a floating tensor of shape (B, *D) with B >= 1."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, *D); got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype; got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{name} must have a batch dimension, shape (B, *D); got shape {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one sample; got shape {tuple(x.shape)}")
+    return x
+
+
+def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ValueError unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        what = "batch sizes differ" if a.shape[1:] == b.shape[1:] else "shapes differ"
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape (B, *D); {what}: "
+            f"{name_a} has {tuple(a.shape)}, {name_b} has {tuple(b.shape)}"
+        )
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Raise ValueError if ``x`` holds NaN or inf."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} must be finite; it holds NaN or inf")
+
+
+def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -> Tensor:
+    """Return ``t`` as a tensor of shape (B,) with ``x``'s dtype and device.
+
+    ``t`` may be a Python number, a 0-d tensor or a tensor of shape (B,),
+    where B = x.shape[0]. With ``unit_interval`` it must lie in [0, 1].
+    """
+    batch = x.shape[0]
+    if isinstance(t, bool) or not isinstance(t, (Real, Tensor)):
+        raise TypeError(f"{name} must be a float, a 0-d tensor or a tensor of shape ({batch},); got {type(t).__name__}")
+    if isinstance(t, Tensor):
+        if t.dim() == 0:
+            t = t.to(dtype=x.dtype, device=x.device).expand(batch)
+        elif t.dim() == 1 and t.shape[0] == batch:
+            t = t.to(dtype=x.dtype, device=x.device)
+        else:
+            raise ValueError(f"{name} must be a scalar or have shape ({batch},) to match the batch; got shape {tuple(t.shape)}")
+    else:
+        if not math.isfinite(float(t)):
+            raise ValueError(f"{name} must be finite; got {t}")
+        t = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite; it holds NaN or inf")
+    if unit_interval and batch > 0:
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{name} must lie in [0, 1]; got values in [{lo:g}, {hi:g}]")
+    return t
+
+
+def unsqueeze_like(t: Tensor, x: Tensor) -> Tensor:
+    """View a (B,) tensor as (B, 1, ..., 1) so it broadcasts against ``x`` of shape (B, *D)."""
+    return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
+
+
+def check_velocity_output(out: object, x: Tensor, name: str = "v(x, t)") -> Tensor:
+    """Raise unless a velocity field returned a tensor of ``x``'s shape."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor; got {type(out).__name__}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} must return a tensor of x's shape {tuple(x.shape)}; got {tuple(out.shape)}")
+    return out
