@@ -7,6 +7,7 @@ shape (B,).
 
 from .data import DATASETS, checkerboard, eight_gaussians, s_curve, sample_data, spirals, two_moons
 from .losses import cfm_loss
+from .marginal import EmpiricalMarginal
 from .models import MLP
 from .paths import GaussianPath, LinearPath, PathSample, ProbPath
 from .solvers import METHODS, NFE_PER_STEP, euler_step, heun_step, integrate, midpoint_step, rk4_step, time_grid
@@ -16,7 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PathSample", "ProbPath", "LinearPath", "GaussianPath",
-    "cfm_loss",
+    "cfm_loss", "EmpiricalMarginal",
     "euler_step", "midpoint_step", "heun_step", "rk4_step", "integrate", "time_grid", "METHODS", "NFE_PER_STEP",
     "MLP", "train",
     "two_moons", "eight_gaussians", "checkerboard", "spirals", "s_curve", "sample_data", "DATASETS",

@@ -1,0 +1,183 @@
+"""EmpiricalMarginal against independent computations: dense mixtures, the continuity equation,
+self-normalised Monte Carlo over z, and memorisation by the exact minimiser."""
+
+import math
+
+import pytest
+import torch
+
+from fmlib import EmpiricalMarginal, GaussianPath, LinearPath, ProbPath, integrate
+
+PATHS = [GaussianPath(0.0), GaussianPath(0.05), LinearPath(0.0), LinearPath(0.2)]
+
+
+def data(gen, n=40, shape=(2,), dtype=torch.float64):
+    return torch.randn(n, *shape, generator=gen, dtype=dtype) * 1.5
+
+
+def dense_reference(x1, path, x, t):
+    """log p_t(x), posterior and marginal velocity by dense sums over z.
+
+    The conditional density given x1 is N(t x1, b_t^2 I) with b_t written out per path; the
+    conditional velocity comes from GaussianPath.conditional_velocity (Lipman et al. eq. 21) or,
+    for the linear path, from E[x1 - x0 | x_t, x1] by Gaussian conditioning.
+    """
+    n, b = x1.shape[0], x.shape[0]
+    if isinstance(path, GaussianPath):
+        std = 1 - (1 - path.sigma_min) * t
+    else:
+        std = torch.sqrt((1 - t) ** 2 + path.sigma**2)
+    comp = torch.distributions.Normal(t[:, None, None] * x1[None], std[:, None, None])
+    logc = comp.log_prob(x[:, None]).sum(-1)  # (B, N)
+    log_p = torch.logsumexp(logc, 1) - math.log(n)
+    w = torch.softmax(logc, 1)
+    xr = x[:, None].expand(b, n, -1).reshape(b * n, -1)
+    x1r = x1[None].expand(b, n, -1).reshape(b * n, -1)
+    tr = t[:, None].expand(b, n).reshape(-1)
+    if isinstance(path, GaussianPath):
+        ucond = path.conditional_velocity(xr, tr, x1=x1r)
+    else:
+        e_x0 = ((1 - tr) / ((1 - tr) ** 2 + path.sigma**2))[:, None] * (xr - tr[:, None] * x1r)
+        ucond = x1r - e_x0
+    u = (w[..., None] * ucond.reshape(b, n, -1)).sum(1)
+    return log_p, w, u
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+def test_against_dense_computation(path, gen):
+    x1 = data(gen)
+    x = torch.randn(30, 2, generator=gen, dtype=torch.float64) * 2
+    t = torch.rand(30, generator=gen, dtype=torch.float64) * 0.98
+    ref_lp, ref_w, ref_u = dense_reference(x1, path, x, t)
+    m = EmpiricalMarginal(x1, path, chunk_size=64)  # force many blocks
+    torch.testing.assert_close(m.log_prob(x, t), ref_lp)
+    torch.testing.assert_close(m.posterior(x, t), ref_w)
+    torch.testing.assert_close(m.velocity(x, t), ref_u)
+    torch.testing.assert_close(m.posterior(x, t).sum(1), torch.ones(30, dtype=torch.float64))
+
+
+def test_time_zero_is_the_source(gen):
+    x1 = data(gen)
+    x = torch.randn(10, 2, generator=gen, dtype=torch.float64)
+    m = EmpiricalMarginal(x1, GaussianPath())
+    ref = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1)
+    torch.testing.assert_close(m.log_prob(x, 0.0), ref)
+    # at t = 0 the posterior is uniform and u_0(x) = mean(x1) - x
+    torch.testing.assert_close(m.velocity(x, 0.0), x1.mean(0) - x)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+def test_continuity_equation(path, gen):
+    x1 = data(gen, n=25)
+    idx = torch.randint(0, 25, (20,), generator=gen)
+    t = torch.rand(20, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+    # points where the density is not negligible: near the path's means
+    x = (t[:, None] * x1[idx] + 0.5 * torch.randn(20, 2, generator=gen, dtype=torch.float64)).requires_grad_()
+    m = EmpiricalMarginal(x1, path)
+    h = 1e-5
+    with torch.no_grad():
+        dp_dt = (m.log_prob(x, t + h).exp() - m.log_prob(x, t - h).exp()) / (2 * h)
+    flux = m.log_prob(x, t).exp()[:, None] * m.velocity(x, t)  # p_t u_t, shape (B, 2)
+    div = sum(torch.autograd.grad(flux[:, i].sum(), x, retain_graph=True)[0][:, i] for i in range(2))
+    residual = (dp_dt + div).abs()
+    relative = residual / (dp_dt.abs() + div.abs())
+    assert relative.max() < 1e-4, relative.max()
+    # and the check can fail: a wrong field (sign flipped) breaks it
+    flux_wrong = m.log_prob(x, t).exp()[:, None] * (-m.velocity(x, t))
+    div_wrong = sum(torch.autograd.grad(flux_wrong[:, i].sum(), x, retain_graph=True)[0][:, i] for i in range(2))
+    assert ((dp_dt + div_wrong).abs() / (dp_dt.abs() + div_wrong.abs())).max() > 0.1
+
+
+@pytest.mark.parametrize("path", [GaussianPath(0.0), LinearPath(0.5)], ids=repr)
+def test_velocity_is_posterior_mean_of_conditional_velocity_monte_carlo(path, gen):
+    """Self-normalised importance sampling over z: draw z from its prior, weight by p_t(x | z)."""
+    x1 = data(gen, n=30)
+    x = torch.tensor([[0.4, -0.7], [1.5, 0.8]], dtype=torch.float64)
+    t = 0.6
+    m = EmpiricalMarginal(x1, path)
+    exact = m.velocity(x, t)
+    draws = 200_000
+    for k in range(x.shape[0]):
+        xk = x[k : k + 1].expand(draws, 2)
+        z1 = x1[torch.randint(0, 30, (draws,), generator=gen)]
+        z0 = torch.randn(draws, 2, generator=gen, dtype=torch.float64)
+        if isinstance(path, GaussianPath):  # z = x1
+            logw = path.log_prob(xk, t, x1=z1)
+            u = path.conditional_velocity(xk, t, x1=z1)
+        else:  # z = (x0, x1), the path's own conditional density and target x1 - x0
+            logw = path.log_prob(xk, t, x0=z0, x1=z1)
+            u = path.conditional_velocity(xk, t, x0=z0, x1=z1)
+        w = torch.softmax(logw, 0)
+        estimate = (w[:, None] * u).sum(0)
+        stderr = torch.sqrt((w[:, None] ** 2 * (u - estimate) ** 2).sum(0))
+        assert torch.all((estimate - exact[k]).abs() < 4 * stderr + 1e-12), (estimate, exact[k], stderr)
+
+
+def test_exact_minimiser_memorises_training_points(gen):
+    x1 = data(gen, n=20)
+    spacing = torch.cdist(x1, x1).add(torch.eye(20, dtype=torch.float64) * 1e9).min(1).values.min()
+    m = EmpiricalMarginal(x1, GaussianPath())
+    x0 = torch.randn(200, 2, generator=gen, dtype=torch.float64)
+    ends = (0.5, 0.9, 0.99, 0.999)
+    traj = integrate(m.velocity, x0, 0.0, 0.999, steps=999, method="euler", trajectory=True)
+    nearest = [float(torch.cdist(traj[round(t * 1000)], x1).min(1).values.max()) for t in ends]
+    assert all(a > b for a, b in zip(nearest, nearest[1:])), nearest  # distance -> 0 as t -> 1
+    # every particle sits within O(1 - t) of a training point: far closer than the points are to each other
+    assert nearest[-1] < 0.05 * float(spacing), (nearest, float(spacing))
+
+
+def test_image_shaped_features_and_float32(gen):
+    x1 = torch.randn(12, 1, 8, 8, generator=gen)
+    x = torch.randn(5, 1, 8, 8, generator=gen)
+    m = EmpiricalMarginal(x1, GaussianPath(0.01))
+    flat = EmpiricalMarginal(x1.flatten(1), GaussianPath(0.01))
+    v = m.velocity(x, 0.7)
+    assert v.shape == (5, 1, 8, 8) and v.dtype == torch.float32
+    torch.testing.assert_close(v.flatten(1), flat.velocity(x.flatten(1), 0.7))
+    x64 = x.double()
+    torch.testing.assert_close(m.log_prob(x, 0.7).double(), m.log_prob(x64, 0.7), rtol=1e-4, atol=1e-3)
+
+
+def test_differentiable_in_x(gen):
+    x1 = data(gen, n=10)
+    m = EmpiricalMarginal(x1, GaussianPath())
+    x = torch.randn(3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda y: m.velocity(y, 0.4), (x,))
+    assert torch.autograd.gradcheck(lambda y: m.log_prob(y, 0.4), (x,))
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_empty_data_raises():
+    with pytest.raises(ValueError, match="data must hold at least one point"):
+        EmpiricalMarginal(torch.zeros(0, 2), GaussianPath())
+
+
+def test_feature_shape_mismatch_raises(gen):
+    m = EmpiricalMarginal(data(gen), GaussianPath())
+    with pytest.raises(ValueError, match=r"x must have the data's feature shape \(2,\).*got \(4, 3\)"):
+        m.velocity(torch.zeros(4, 3, dtype=torch.float64), 0.5)
+
+
+@pytest.mark.parametrize("t", [-0.5, 1.01])
+def test_time_outside_unit_interval_raises(t, gen):
+    m = EmpiricalMarginal(data(gen), GaussianPath())
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        m.log_prob(torch.zeros(2, 2, dtype=torch.float64), t)
+
+
+def test_zero_variance_at_t1_raises(gen):
+    m = EmpiricalMarginal(data(gen), GaussianPath())
+    with pytest.raises(ValueError, match="t must be < 1"):
+        m.velocity(torch.zeros(2, 2, dtype=torch.float64), 1.0)
+
+
+def test_unsupported_path_raises(gen):
+    class Other(ProbPath):
+        def sample(self, x0, x1, t, generator=None): ...
+        def conditional_velocity(self, x, t, x0=None, x1=None): ...
+        def log_prob(self, x, t, x0=None, x1=None): ...
+
+    with pytest.raises(ValueError, match="path must be a GaussianPath or a LinearPath; got Other"):
+        EmpiricalMarginal(data(gen), Other())

@@ -1,0 +1,191 @@
+"""Conditional paths: expected values from the path formulas, finite differences and torch.distributions."""
+
+import math
+
+import pytest
+import torch
+
+from fmlib import GaussianPath, LinearPath, PathSample
+
+PATHS = [LinearPath(0.0), LinearPath(0.3), GaussianPath(0.0), GaussianPath(0.05)]
+
+
+def draw(gen, b=16, d=3):
+    x0 = torch.randn(b, d, generator=gen, dtype=torch.float64)
+    x1 = torch.randn(b, d, generator=gen, dtype=torch.float64) * 2 + 1
+    return x0, x1
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+def test_u_t_is_finite_difference_of_x_t(path, gen):
+    x0, x1 = draw(gen)
+    t = torch.rand(16, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+    h = 1e-5
+    # same noise draw on both sides: reseed the generator for the path's own eps
+    xp = path.sample(x0, x1, t + h, generator=torch.Generator().manual_seed(7)).x_t
+    xm = path.sample(x0, x1, t - h, generator=torch.Generator().manual_seed(7)).x_t
+    fd = (xp - xm) / (2 * h)
+    u = path.sample(x0, x1, t, generator=torch.Generator().manual_seed(7)).u_t
+    torch.testing.assert_close(u, fd, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("path", [LinearPath(0.0), GaussianPath(0.0), GaussianPath(0.2)], ids=repr)
+def test_boundary_at_t0_is_source_draw(path, gen):
+    x0, x1 = draw(gen)
+    torch.testing.assert_close(path.sample(x0, x1, 0.0).x_t, x0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", [LinearPath(0.0), GaussianPath(0.0)], ids=repr)
+def test_boundary_at_t1_is_data(path, gen):
+    x0, x1 = draw(gen)
+    torch.testing.assert_close(path.sample(x0, x1, 1.0).x_t, x1, rtol=0, atol=0)
+
+
+def test_gaussian_path_with_sigma_min_ends_at_spread_sigma_min(gen):
+    x0, x1 = draw(gen)
+    s = GaussianPath(0.1).sample(x0, x1, 1.0)
+    torch.testing.assert_close(s.x_t, x1 + 0.1 * x0)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+def test_sample_target_equals_conditional_velocity_at_x_t(path, gen):
+    x0, x1 = draw(gen)
+    t = torch.rand(16, generator=gen, dtype=torch.float64) * 0.95
+    s = path.sample(x0, x1, t, generator=gen)
+    assert isinstance(s, PathSample)
+    torch.testing.assert_close(path.conditional_velocity(s.x_t, t, x0=x0, x1=x1), s.u_t)
+    assert s.t.shape == (16,) and s.x_t.dtype == torch.float64
+
+
+def test_linear_path_bug_report_case():
+    # target is x1 - x0, not x1 - x_t
+    path = LinearPath()
+    x0, x1 = torch.tensor([[1.0, -1.0]]), torch.tensor([[3.0, 1.0]])
+    for t, expected in [(0.0, [1.0, -1.0]), (0.25, [1.5, -0.5]), (1.0, [3.0, 1.0])]:
+        s = path.sample(x0, x1, t)
+        torch.testing.assert_close(s.x_t, torch.tensor([expected]))
+        torch.testing.assert_close(s.u_t, torch.tensor([[2.0, 2.0]]))
+        torch.testing.assert_close(path.conditional_velocity(s.x_t, t, x0=x0, x1=x1), torch.tensor([[2.0, 2.0]]))
+
+
+def test_gaussian_velocity_sign_points_to_x1():
+    # The seed slide's (x - x1)/(1 - t) has the wrong sign.
+    x, x1, t = torch.tensor([[0.5, -2.0]], dtype=torch.float64), torch.tensor([[3.0, 1.0]], dtype=torch.float64), 0.4
+    u = GaussianPath().conditional_velocity(x, t, x1=x1)
+    torch.testing.assert_close(u, (x1 - x) / (1 - t))
+    assert not torch.allclose(u, (x - x1) / (1 - t))
+    # and the flow psi_t(x0) = t x1 + (1 - t) x0 moves with it: finite difference at x = psi_t(x0)
+    x0 = (x - t * x1) / (1 - t)
+    h = 1e-3
+    fd = ((t + h) * x1 + (1 - t - h) * x0 - ((t - h) * x1 + (1 - t + h) * x0)) / (2 * h)
+    torch.testing.assert_close(u, fd)
+
+
+def test_gaussian_velocity_general_sigma_min_closed_form():
+    # Lipman et al. (2023), eq. 21, evaluated by hand
+    x, x1 = torch.tensor([[1.0, 2.0]]), torch.tensor([[-1.0, 0.5]])
+    u = GaussianPath(0.1).conditional_velocity(x, 0.5, x1=x1)
+    expected = torch.tensor([[(-1.0 - 0.9 * 1.0) / 0.55, (0.5 - 0.9 * 2.0) / 0.55]])
+    torch.testing.assert_close(u, expected)
+
+
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1])
+def test_gaussian_log_prob_against_torch_distributions(sigma_min, gen):
+    x0, x1 = draw(gen)
+    x = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    t = torch.rand(16, generator=gen, dtype=torch.float64) * 0.9
+    std = 1 - (1 - sigma_min) * t
+    ref = torch.distributions.MultivariateNormal(
+        t[:, None] * x1, covariance_matrix=std[:, None, None] ** 2 * torch.eye(3, dtype=torch.float64)
+    ).log_prob(x)
+    torch.testing.assert_close(GaussianPath(sigma_min).log_prob(x, t, x1=x1), ref)
+
+
+def test_linear_log_prob_against_torch_distributions(gen):
+    x0, x1 = draw(gen)
+    x = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    t = torch.rand(16, generator=gen, dtype=torch.float64)
+    ref = torch.distributions.Independent(torch.distributions.Normal((1 - t[:, None]) * x0 + t[:, None] * x1, 0.3), 1)
+    torch.testing.assert_close(LinearPath(0.3).log_prob(x, t, x0=x0, x1=x1), ref.log_prob(x))
+
+
+def test_log_prob_over_image_shaped_features(gen):
+    x1 = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
+    x = torch.randn(4, 1, 8, 8, generator=gen, dtype=torch.float64)
+    ref = torch.distributions.Normal(0.5 * x1, 0.5).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(GaussianPath().log_prob(x, 0.5, x1=x1), ref)
+
+
+def test_sampling_statistics_match_gaussian_path(gen):
+    # Linear path (sigma = 0) with x0 ~ N(0, I), x1 fixed, has the Gaussian path's law N(t x1, (1 - t)^2 I)
+    n, t = 200_000, 0.3
+    x1 = torch.tensor([[2.0, -1.0]], dtype=torch.float64).expand(n, 2)
+    x0 = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    xt = LinearPath().sample(x0, x1, t).x_t
+    se = (1 - t) / math.sqrt(n)
+    assert torch.allclose(xt.mean(0), t * x1[0], atol=5 * se)
+    assert torch.allclose(xt.std(0), torch.full((2,), 1 - t, dtype=torch.float64), atol=5 * se)
+
+
+def test_time_as_float_0d_and_batch_agree(gen):
+    x0, x1 = draw(gen, b=5)
+    path = LinearPath()
+    a = path.sample(x0, x1, 0.3).x_t
+    b = path.sample(x0, x1, torch.tensor(0.3)).x_t
+    c = path.sample(x0, x1, torch.full((5,), 0.3)).x_t
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_batch_sizes_differ_raise():
+    with pytest.raises(ValueError, match="x0 and x1.*batch sizes differ"):
+        LinearPath().sample(torch.zeros(3, 2), torch.zeros(4, 2), 0.5)
+
+
+def test_feature_shapes_differ_raise():
+    with pytest.raises(ValueError, match="x0 and x1"):
+        GaussianPath().sample(torch.zeros(3, 2), torch.zeros(3, 3), 0.5)
+
+
+@pytest.mark.parametrize("t", [-0.1, 1.5, float("nan"), torch.tensor([0.2, 1.2, 0.3])])
+def test_time_outside_unit_interval_raises(t):
+    with pytest.raises(ValueError, match="t must"):
+        LinearPath().sample(torch.zeros(3, 2), torch.zeros(3, 2), t)
+
+
+def test_time_of_wrong_length_raises():
+    with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(3,\)"):
+        LinearPath().sample(torch.zeros(3, 2), torch.zeros(3, 2), torch.rand(4))
+
+
+def test_negative_sigma_raises():
+    with pytest.raises(ValueError, match="sigma must be a finite float >= 0; got -0.1"):
+        LinearPath(-0.1)
+
+
+@pytest.mark.parametrize("s", [-0.01, 1.0, 2.0])
+def test_sigma_min_outside_range_raises(s):
+    with pytest.raises(ValueError, match=r"sigma_min must lie in \[0, 1\)"):
+        GaussianPath(s)
+
+
+def test_undefined_velocity_and_density_raise_instead_of_inf():
+    x = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="t must be < 1"):
+        GaussianPath().conditional_velocity(x, 1.0, x1=x)
+    with pytest.raises(ValueError, match="t must be < 1"):
+        GaussianPath().log_prob(x, 1.0, x1=x)
+    with pytest.raises(ValueError, match="no density"):
+        LinearPath().log_prob(x, 0.5, x0=x, x1=x)
+    with pytest.raises(ValueError, match="needs x1"):
+        GaussianPath().conditional_velocity(x, 0.5)
+
+
+def test_non_tensor_and_integer_inputs_raise_type_error():
+    with pytest.raises(TypeError, match="x0 must be a torch.Tensor"):
+        LinearPath().sample([[0.0]], torch.zeros(1, 1), 0.5)
+    with pytest.raises(TypeError, match="floating dtype"):
+        LinearPath().sample(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1), 0.5)
