@@ -6,6 +6,7 @@ shape (B,).
 """
 
 from .data import DATASETS, checkerboard, eight_gaussians, s_curve, sample_data, spirals, two_moons
+from .likelihood import ADAPTIVE_METHODS, NFECounter, integrate_adaptive, log_likelihood
 from .losses import cfm_loss
 from .marginal import EmpiricalMarginal
 from .models import MLP
@@ -19,6 +20,7 @@ __all__ = [
     "PathSample", "ProbPath", "LinearPath", "GaussianPath",
     "cfm_loss", "EmpiricalMarginal",
     "euler_step", "midpoint_step", "heun_step", "rk4_step", "integrate", "time_grid", "METHODS", "NFE_PER_STEP",
+    "NFECounter", "integrate_adaptive", "log_likelihood", "ADAPTIVE_METHODS",
     "MLP", "train",
     "two_moons", "eight_gaussians", "checkerboard", "spirals", "s_curve", "sample_data", "DATASETS",
 ]

@@ -1,0 +1,143 @@
+"""NFE counting, adaptive integration and log-likelihoods against analytic values."""
+
+import math
+
+import pytest
+import torch
+
+from fmlib import NFE_PER_STEP, NFECounter, integrate, integrate_adaptive, log_likelihood
+
+X = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+
+
+def gaussian_log_prob(x):
+    return -0.5 * x.pow(2).sum(1) - x.shape[1] / 2 * math.log(2 * math.pi)
+
+
+@pytest.mark.parametrize("method", sorted(NFE_PER_STEP))
+def test_nfe_counter_counts_per_step_cost(method):
+    v = NFECounter(lambda x, t: -x)
+    integrate(v, torch.ones(4, 2), steps=7, method=method)
+    assert v.nfe == 7 * NFE_PER_STEP[method]
+    v.reset()
+    assert v.nfe == 0
+
+
+def test_adaptive_dopri5_on_exponential():
+    x1, nfe = integrate_adaptive(lambda x, t: x, torch.ones(3, 1, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    assert torch.all((x1 - math.e).abs() < 1e-5)
+    assert x1.dtype == torch.float64 and nfe > 0 and nfe % 1 == 0
+
+
+def test_adaptive_nfe_grows_as_tolerance_shrinks_and_matches_counter():
+    def field(x, t):
+        return torch.cos(4 * t)[:, None] * x
+
+    nfes = [integrate_adaptive(field, torch.ones(2, 1), rtol=tol, atol=tol)[1] for tol in (1e-3, 1e-6, 1e-9)]
+    assert nfes[0] < nfes[1] < nfes[2]
+    counted = NFECounter(field)
+    _, nfe = integrate_adaptive(counted, torch.ones(2, 1), rtol=1e-6, atol=1e-6)
+    assert counted.nfe == nfe
+
+
+def test_adaptive_backward_and_time_shape():
+    seen = set()
+
+    def v(x, t):
+        seen.add(tuple(t.shape))
+        return x
+
+    x0, _ = integrate_adaptive(v, torch.full((5, 1), math.e, dtype=torch.float64), t0=1.0, t1=0.0,
+                               rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(x0, torch.ones(5, 1, dtype=torch.float64), rtol=1e-6, atol=0)
+    assert seen == {(5,)}
+
+
+def test_likelihood_time_dependent_linear_field():
+    # v = 3 t^2 x: x_0 = x e^{-1}, int div = 2; log p_1([1, 2]) = log N(x e^{-1}) - 2 = -4.176215
+    lp = log_likelihood(lambda x, t: 3 * t[:, None] ** 2 * x, X, steps=400, method="rk4")
+    expected = float(gaussian_log_prob(X * math.exp(-1))) - 2.0
+    assert abs(expected - (-4.176215)) < 1e-6
+    assert abs(lp.item() - expected) < 1e-5
+    assert lp.dtype == torch.float64 and lp.shape == (1,)
+
+
+@pytest.mark.parametrize("theta, value, slope", [(0.0, -4.337877, 3.000000), (0.5, -3.757576, -0.160603)])
+def test_likelihood_and_its_gradient_in_the_parameter(theta, value, slope):
+    th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+    lp = log_likelihood(lambda x, t: th * x, X, steps=100, method="rk4")
+    assert abs(lp.item() - value) < 1e-5
+    lp.sum().backward()
+    assert abs(float(th.grad) - slope) < 1e-5
+    # closed form: log N(e^{-theta} x) - 2 theta, derivative 5 e^{-2 theta} - 2
+    assert abs(value - (float(gaussian_log_prob(X * math.exp(-theta))) - 2 * theta)) < 1e-6
+    assert abs(slope - (5 * math.exp(-2 * theta) - 2)) < 1e-6
+
+
+def test_gradient_flows_to_x():
+    x = X.clone().requires_grad_()
+    lp = log_likelihood(lambda x, t: 0.5 * x, x, steps=50)
+    (g,) = torch.autograd.grad(lp.sum(), x)
+    # d/dx [log N(e^{-0.5} x)] = -e^{-1} x
+    torch.testing.assert_close(g, -math.exp(-1) * X, rtol=1e-6, atol=1e-9)
+
+
+def test_no_graph_under_no_grad():
+    th = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        lp = log_likelihood(lambda x, t: th * x, X, steps=10)
+    assert not lp.requires_grad
+
+
+@pytest.mark.parametrize("probes", [1, 3, 10])
+def test_hutchinson_is_exact_for_diagonal_fields(probes):
+    a = torch.tensor([1.0, 4.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    exact = log_likelihood(lambda x, t: x * a, x, steps=40, divergence="exact")
+    hutch = log_likelihood(lambda x, t: x * a, x, steps=40, divergence="hutchinson", probes=probes, generator=g)
+    torch.testing.assert_close(hutch, exact)
+
+
+def test_hutchinson_is_unbiased_on_a_non_diagonal_field():
+    a = torch.tensor([[0.3, 1.0], [-2.0, 0.1]], dtype=torch.float64)  # trace 0.4, off-diagonal probes matter
+    x = torch.zeros(4000, 2, dtype=torch.float64)
+    exact = log_likelihood(lambda x, t: x @ a.T, x[:1], steps=4, divergence="exact")
+    g = torch.Generator().manual_seed(1)
+    hutch = log_likelihood(lambda x, t: x @ a.T, x, steps=4, divergence="hutchinson", probes=2, generator=g)
+    se = hutch.std() / math.sqrt(hutch.numel())
+    assert abs(float(hutch.mean() - exact)) < 4 * float(se)
+    assert float(hutch.std()) > 0  # each estimate is noisy
+
+
+def test_custom_source_density():
+    lp = log_likelihood(lambda x, t: torch.zeros_like(x), X, steps=2, log_p0=lambda z: -z.pow(2).sum(1))
+    torch.testing.assert_close(lp, torch.tensor([-5.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "rk45"}, "method must be one of"),
+        ({"divergence": "trace"}, "divergence must be 'exact' or 'hutchinson'"),
+        ({"probes": 0}, "probes must be an int >= 1"),
+        ({"steps": 0}, "steps must be >= 1"),
+    ],
+)
+def test_likelihood_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        log_likelihood(lambda x, t: x, X, **kwargs)
+
+
+def test_likelihood_needs_batch_dimension():
+    with pytest.raises(ValueError, match="batch dimension"):
+        log_likelihood(lambda x, t: x, torch.tensor(1.0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"method": "rk4"}, "method must be one of"), ({"rtol": 0.0}, "rtol must be"), ({"atol": -1e-3}, "atol must be")],
+)
+def test_adaptive_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        integrate_adaptive(lambda x, t: x, torch.ones(1, 1), **kwargs)
