@@ -10,6 +10,7 @@ from .likelihood import ADAPTIVE_METHODS, NFECounter, integrate_adaptive, log_li
 from .losses import cfm_loss
 from .marginal import EmpiricalMarginal
 from .models import MLP
+from .ot import minibatch_ot, normalized_path_energy, path_energy, straightness, wasserstein2
 from .paths import GaussianPath, LinearPath, PathSample, ProbPath
 from .solvers import METHODS, NFE_PER_STEP, euler_step, heun_step, integrate, midpoint_step, rk4_step, time_grid
 from .training import train
@@ -21,6 +22,7 @@ __all__ = [
     "cfm_loss", "EmpiricalMarginal",
     "euler_step", "midpoint_step", "heun_step", "rk4_step", "integrate", "time_grid", "METHODS", "NFE_PER_STEP",
     "NFECounter", "integrate_adaptive", "log_likelihood", "ADAPTIVE_METHODS",
+    "minibatch_ot", "wasserstein2", "path_energy", "normalized_path_energy", "straightness",
     "MLP", "train",
     "two_moons", "eight_gaussians", "checkerboard", "spirals", "s_curve", "sample_data", "DATASETS",
 ]

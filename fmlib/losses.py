@@ -24,6 +24,7 @@ def cfm_loss(
     x0: Tensor | None = None,
     t: float | Tensor | None = None,
     generator: torch.Generator | None = None,
+    coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
     """L_CFM = mean over the batch of || model(x_t, t) - u_t(x_t | z) ||^2.
 
@@ -38,6 +39,8 @@ def cfm_loss(
         x0: source batch of x1's shape; defaults to N(0, I) noise drawn with ``generator``.
         t: times in [0, 1] (float, 0-d or shape (B,)); defaults to U[0, 1] drawn with ``generator``.
         generator: random generator for the defaults and for the path's own noise.
+        coupling: optional ``coupling(x0, x1) -> (x0, x1)`` that re-pairs the batch before the path is
+            sampled; ``coupling=fmlib.minibatch_ot`` gives OT-CFM (Tong et al. 2024). Default: independent.
 
     Returns:
         A scalar tensor (0-d), differentiable with respect to the model's parameters.
@@ -60,6 +63,8 @@ def cfm_loss(
     else:
         check_batch(x0, "x0")
         check_same_shape(x0, x1, "x0", "x1")
+    if coupling is not None:
+        x0, x1 = coupling(x0, x1)
     if t is None:
         t = torch.rand(x1.shape[0], generator=generator, dtype=x1.dtype, device=x1.device)
     t = as_time(t, x1)

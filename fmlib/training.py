@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -22,6 +24,7 @@ def train(
     lr: float = 1e-3,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> list[float]:
     """Train ``model`` on ``data`` by minimising :func:`~fmlib.cfm_loss` with Adam.
 
@@ -38,6 +41,7 @@ def train(
         lr: Adam learning rate, > 0.
         generator: random generator on data's device.
         progress: show a tqdm progress bar.
+        coupling: passed to :func:`~fmlib.cfm_loss` (e.g. ``fmlib.minibatch_ot`` for OT-CFM).
 
     Returns:
         The loss of every step, a list of ``steps`` floats.
@@ -56,7 +60,7 @@ def train(
     model.train()
     for k in tqdm(range(steps), disable=not progress, desc="training", mininterval=1.0):
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=data.device)
-        loss = cfm_loss(model, path, data[idx], generator=generator)
+        loss = cfm_loss(model, path, data[idx], generator=generator, coupling=coupling)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
