@@ -161,7 +161,8 @@ def log_likelihood(
 
     Example:
         >>> import torch
-        >>> lp = log_likelihood(lambda x, t: 3 * t[:, None] ** 2 * x, torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+        >>> with torch.no_grad():  # evaluation only: keep no graph
+        ...     lp = log_likelihood(lambda x, t: 3 * t[:, None] ** 2 * x, torch.tensor([[1.0, 2.0]], dtype=torch.float64))
         >>> round(float(lp), 5)
         -4.17621
     """
