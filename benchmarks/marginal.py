@@ -41,13 +41,22 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(n), args.dtype, str(args.threads)],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(n), args.dtype, str(args.threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     import torch
 
-    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": args.threads, "dtype": args.dtype}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "dtype": args.dtype,
+    }
     print(f"EmpiricalMarginal.velocity, n queries x n data points, 2D, {args.dtype}, {args.threads} threads")
     print("| n | time (s) | extra peak memory (MB) |\n|---|---|---|")
     for r in rows:

@@ -1,7 +1,7 @@
 """fmlib: the small flow matching library of the book *Flow Matching, Executed*.
 
 Conventions: t = 0 is the source N(0, I), t = 1 is the data; batch first;
-a velocity field is a callable ``v(x, t)`` with x of shape (B, *D) and t of
+a velocity field is a callable ``v(x, t)`` with x of shape ``(B, *D)`` and t of
 shape (B,).
 """
 
@@ -18,11 +18,36 @@ from .training import train
 __version__ = "0.1.0"
 
 __all__ = [
-    "PathSample", "ProbPath", "LinearPath", "GaussianPath",
-    "cfm_loss", "EmpiricalMarginal",
-    "euler_step", "midpoint_step", "heun_step", "rk4_step", "integrate", "time_grid", "METHODS", "NFE_PER_STEP",
-    "NFECounter", "integrate_adaptive", "log_likelihood", "ADAPTIVE_METHODS",
-    "minibatch_ot", "wasserstein2", "path_energy", "normalized_path_energy", "straightness",
-    "MLP", "train",
-    "two_moons", "eight_gaussians", "checkerboard", "spirals", "s_curve", "sample_data", "DATASETS",
+    "PathSample",
+    "ProbPath",
+    "LinearPath",
+    "GaussianPath",
+    "cfm_loss",
+    "EmpiricalMarginal",
+    "euler_step",
+    "midpoint_step",
+    "heun_step",
+    "rk4_step",
+    "integrate",
+    "time_grid",
+    "METHODS",
+    "NFE_PER_STEP",
+    "NFECounter",
+    "integrate_adaptive",
+    "log_likelihood",
+    "ADAPTIVE_METHODS",
+    "minibatch_ot",
+    "wasserstein2",
+    "path_energy",
+    "normalized_path_energy",
+    "straightness",
+    "MLP",
+    "train",
+    "two_moons",
+    "eight_gaussians",
+    "checkerboard",
+    "spirals",
+    "s_curve",
+    "sample_data",
+    "DATASETS",
 ]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 def check_batch(x: object, name: str = "x") -> Tensor:
-    """Return ``x`` if it is a floating tensor of shape (B, *D) with B >= 1."""
+    """Return ``x`` if it is a floating tensor of shape ``(B, *D)`` with B >= 1."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, *D); got {type(x).__name__}")
     if not x.is_floating_point():
@@ -58,7 +58,9 @@ def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -
         elif t.dim() == 1 and t.shape[0] == batch:
             t = t.to(dtype=x.dtype, device=x.device)
         else:
-            raise ValueError(f"{name} must be a scalar or have shape ({batch},) to match the batch; got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be a scalar or have shape ({batch},) to match the batch; got shape {tuple(t.shape)}"
+            )
     else:
         if not math.isfinite(float(t)):
             raise ValueError(f"{name} must be finite; got {t}")
@@ -73,7 +75,7 @@ def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -
 
 
 def unsqueeze_like(t: Tensor, x: Tensor) -> Tensor:
-    """View a (B,) tensor as (B, 1, ..., 1) so it broadcasts against ``x`` of shape (B, *D)."""
+    """View a (B,) tensor as (B, 1, ..., 1) so it broadcasts against ``x`` of shape ``(B, *D)``."""
     return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
 
 

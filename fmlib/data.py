@@ -8,7 +8,7 @@ the others are short closed-form samplers. All return a tensor of shape
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,8 +36,13 @@ def _out(x: np.ndarray | Tensor, dtype: torch.dtype, device: torch.device | str 
     return torch.as_tensor(x).to(dtype=dtype, device=device)
 
 
-def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = None,
-              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def two_moons(
+    n: int,
+    noise: float = 0.05,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Two interleaving half circles (scikit-learn's ``make_moons``), centred and scaled by 2.
 
     Args:
@@ -50,21 +55,33 @@ def two_moons(n: int, noise: float = 0.05, generator: torch.Generator | None = N
         Tensor of shape (n, 2).
 
     Raises:
-        ValueError / TypeError: if n is not an int >= 1.
+        ValueError: if n < 1.
+        TypeError: if n is not an int.
     """
     x, _ = make_moons(_check_n(n), noise=noise, random_state=_seed(generator))
     return _out(2.0 * (x - np.array([0.5, 0.25])), dtype, device)
 
 
-def s_curve(n: int, noise: float = 0.05, generator: torch.Generator | None = None,
-            dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def s_curve(
+    n: int,
+    noise: float = 0.05,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """The 2D S-curve: columns (x, z) of scikit-learn's ``make_s_curve``, scaled by 1.5. Shape (n, 2)."""
     x, _ = make_s_curve(_check_n(n), noise=noise, random_state=_seed(generator))
     return _out(1.5 * x[:, [0, 2]], dtype, device)
 
 
-def eight_gaussians(n: int, radius: float = 2.0, std: float = 0.15, generator: torch.Generator | None = None,
-                    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def eight_gaussians(
+    n: int,
+    radius: float = 2.0,
+    std: float = 0.15,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """A mixture of 8 isotropic Gaussians with means equally spaced on a circle. Shape (n, 2).
 
     Args:
@@ -81,8 +98,12 @@ def eight_gaussians(n: int, radius: float = 2.0, std: float = 0.15, generator: t
     return _out(means + std * noise, dtype, device)
 
 
-def checkerboard(n: int, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def checkerboard(
+    n: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Uniform on the 8 dark cells of a 4x4 checkerboard covering [-2, 2]^2. Shape (n, 2)."""
     n = _check_n(n)
     gdev = getattr(generator, "device", None)
@@ -94,8 +115,13 @@ def checkerboard(n: int, generator: torch.Generator | None = None,
     return _out(x, dtype, device)
 
 
-def spirals(n: int, noise: float = 0.05, generator: torch.Generator | None = None,
-            dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+def spirals(
+    n: int,
+    noise: float = 0.05,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Two interleaved Archimedean spiral arms, radius up to 3. Shape (n, 2)."""
     n = _check_n(n)
     gdev = getattr(generator, "device", None)

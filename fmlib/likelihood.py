@@ -8,7 +8,7 @@ estimator); Lipman et al. (2024), *Flow Matching Guide and Code*, Section 3 (lik
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -77,13 +77,13 @@ def integrate_adaptive(
 
     Args:
         v: velocity field ``v(x, t)``.
-        x: initial state at t0, shape (B, *D), floating dtype; dtype and device are kept.
+        x: initial state at t0, shape ``(B, *D)``, floating dtype; dtype and device are kept.
         t0, t1: start and end times.
         method: one of :data:`ADAPTIVE_METHODS` (default Dormand-Prince 5(4), ``"dopri5"``).
         rtol, atol: relative and absolute tolerances, > 0.
 
     Returns:
-        ``(x_t1, nfe)``: the state at t1, shape (B, *D), and the number of evaluations of v.
+        ``(x_t1, nfe)``: the state at t1, shape ``(B, *D)``, and the number of evaluations of v.
 
     Raises:
         ValueError: unknown method, rtol or atol <= 0, x without a batch dimension, non-finite times.
@@ -145,13 +145,13 @@ def log_likelihood(
 
     Args:
         v: velocity field ``v(x, t)`` (a model).
-        x: data points, shape (B, *D), floating dtype; the result has its dtype and device.
+        x: data points, shape ``(B, *D)``, floating dtype; the result has its dtype and device.
         steps: number of fixed steps from t = 1 to t = 0, >= 1.
         method: one of ``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``.
         divergence: ``"exact"`` or ``"hutchinson"``.
         probes: number of Rademacher probes averaged by Hutchinson's estimator, >= 1.
         generator: random generator for the probes.
-        log_p0: log-density of the source, maps (B, *D) to (B,); defaults to the standard normal.
+        log_p0: log-density of the source, maps ``(B, *D)`` to (B,); defaults to the standard normal.
 
     Returns:
         log p_1(x), shape (B,).
@@ -185,14 +185,18 @@ def log_likelihood(
             return torch.zeros(shape[0], dtype=x.dtype, device=x.device)
         if eps is None:
             flat = out.flatten(1)
-            cols = [torch.autograd.grad(flat[:, i].sum(), y, create_graph=keep_graph, retain_graph=True,
-                                       materialize_grads=True)[0]
-                    .flatten(1)[:, i] for i in range(feats)]
+            cols = [
+                torch.autograd.grad(
+                    flat[:, i].sum(), y, create_graph=keep_graph, retain_graph=True, materialize_grads=True
+                )[0].flatten(1)[:, i]
+                for i in range(feats)
+            ]
             return torch.stack(cols, 1).sum(1)
         total = torch.zeros(shape[0], dtype=x.dtype, device=x.device)
         for e in eps:
-            (vjp,) = torch.autograd.grad(out, y, grad_outputs=e, create_graph=keep_graph, retain_graph=True,
-                                         materialize_grads=True)
+            (vjp,) = torch.autograd.grad(
+                out, y, grad_outputs=e, create_graph=keep_graph, retain_graph=True, materialize_grads=True
+            )
             total = total + (vjp * e).flatten(1).sum(1)
         return total / probes
 

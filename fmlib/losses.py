@@ -6,7 +6,7 @@ gradient in theta); Lipman et al. (2024), Section 4.5.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -26,16 +26,16 @@ def cfm_loss(
     generator: torch.Generator | None = None,
     coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Tensor:
-    """L_CFM = mean over the batch of || model(x_t, t) - u_t(x_t | z) ||^2.
+    """``L_CFM = mean_b || model(x_t, t) - u_t(x_t | z) ||^2``.
 
-    The squared norm is summed over the feature dimensions *D and averaged over
-    the batch, so a single row off by a vector e adds |e|^2 / B.
+    The squared norm is summed over the feature dimensions ``*D`` and averaged over
+    the batch, so a single row off by a vector e adds ``|e|^2 / B``.
 
     Args:
-        model: a velocity field ``model(x, t)`` taking x of shape (B, *D) and t of
+        model: a velocity field ``model(x, t)`` taking x of shape ``(B, *D)`` and t of
             shape (B,) and returning a tensor of x's shape.
         path: the conditional path (:class:`~fmlib.LinearPath`, :class:`~fmlib.GaussianPath`).
-        x1: data batch, shape (B, *D), floating dtype.
+        x1: data batch, shape ``(B, *D)``, floating dtype.
         x0: source batch of x1's shape; defaults to N(0, I) noise drawn with ``generator``.
         t: times in [0, 1] (float, 0-d or shape (B,)); defaults to U[0, 1] drawn with ``generator``.
         generator: random generator for the defaults and for the path's own noise.

@@ -39,14 +39,14 @@ class EmpiricalMarginal:
     """Exact marginal density, posterior and velocity of a path toward an empirical data set.
 
     Args:
-        data: the data points x1^(i), shape (N, *D), floating dtype, N >= 1, finite.
+        data: the data points x1^(i), shape ``(N, *D)``, floating dtype, N >= 1, finite.
         path: a :class:`~fmlib.GaussianPath` or a :class:`~fmlib.LinearPath`
             (with x0 ~ N(0, I) as the source).
         chunk_size: the largest number of (query, data) pairs handled at once.
 
     Memory: queries and data are processed in blocks of at most ``chunk_size``
     pairs with a streaming log-sum-exp, so without autograd the extra memory is
-    about 4 * chunk_size * itemsize bytes (64 MB at the default 2^22 pairs in
+    about ``4 * chunk_size * itemsize`` bytes (64 MB at the default 2^22 pairs in
     float32) plus O(B * D) for the running sums, whatever B and N are.
     :meth:`posterior` returns the full (B, N) matrix. With autograd enabled
     (e.g. to differentiate in x), every block's intermediates are kept for the
@@ -73,7 +73,9 @@ class EmpiricalMarginal:
         if not isinstance(data, Tensor):
             raise TypeError(f"data must be a torch.Tensor of shape (N, *D); got {type(data).__name__}")
         if data.dim() < 1 or data.shape[0] == 0:
-            raise ValueError(f"data must hold at least one point, shape (N, *D) with N >= 1; got shape {tuple(data.shape)}")
+            raise ValueError(
+                f"data must hold at least one point, shape (N, *D) with N >= 1; got shape {tuple(data.shape)}"
+            )
         check_batch(data, "data")
         if not bool(torch.isfinite(data).all()):
             raise ValueError("data must be finite; it holds NaN or inf")
@@ -146,7 +148,9 @@ class EmpiricalMarginal:
         rows = max(1, self.chunk_size // cols)
         return rows, cols
 
-    def _stream(self, x: Tensor, t: float | Tensor, want_mean: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    def _stream(
+        self, x: Tensor, t: float | Tensor, want_mean: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
         """Streaming log-sum-exp over the data: returns (lse, xbar, x_flat, t, b)."""
         xf, t, b, d = self._inputs(x, t)
         rows, cols = self._blocks(xf.shape[0])
@@ -162,7 +166,11 @@ class EmpiricalMarginal:
                 new_m = torch.maximum(m, logits.max(dim=1).values)
                 scale = torch.exp(m - new_m)
                 # in place when no graph is kept: halves the memory traffic of the inner loop
-                p = logits.sub_(new_m[:, None]).exp_() if not logits.requires_grad else torch.exp(logits - new_m[:, None])
+                p = (
+                    logits.sub_(new_m[:, None]).exp_()
+                    if not logits.requires_grad
+                    else torch.exp(logits - new_m[:, None])
+                )
                 s = s * scale + p.sum(dim=1)
                 if acc is not None:
                     acc = acc * scale[:, None] + p @ dc
@@ -179,7 +187,7 @@ class EmpiricalMarginal:
         """log p_t(x) = log (1/N) sum_i N(x; t x1^(i), b_t^2 I), shape (B,).
 
         Args:
-            x: points, shape (B, *D) with the data's *D.
+            x: points, shape ``(B, *D)`` with the data's ``*D``.
             t: times in [0, 1] (float, 0-d or shape (B,)); t = 1 needs a path with positive final variance.
 
         Raises:
@@ -197,12 +205,14 @@ class EmpiricalMarginal:
         """
         xf, t, b, d = self._inputs(x, t)
         rows = max(1, self.chunk_size // d.shape[0])
-        out = [torch.softmax(self._logits(xf[q : q + rows], t[q : q + rows], b[q : q + rows], d), dim=1)
-               for q in range(0, xf.shape[0], rows)]
+        out = [
+            torch.softmax(self._logits(xf[q : q + rows], t[q : q + rows], b[q : q + rows], d), dim=1)
+            for q in range(0, xf.shape[0], rows)
+        ]
         return torch.cat(out)
 
     def posterior_mean(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """E[x1 | x_t = x] = sum_i w_i x1^(i), shape (B, *D) (the optimal denoiser).
+        """E[x1 | x_t = x] = sum_i w_i x1^(i), shape ``(B, *D)`` (the optimal denoiser).
 
         Raises:
             ValueError: as for :meth:`log_prob`.
@@ -211,7 +221,7 @@ class EmpiricalMarginal:
         return xbar.reshape(x.shape)
 
     def velocity(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """The marginal velocity u_t(x) = sum_i w_i u_t(x | x1^(i)), shape (B, *D).
+        """The marginal velocity u_t(x) = sum_i w_i u_t(x | x1^(i)), shape ``(B, *D)``.
 
         It is a velocity field in fmlib's convention, so ``integrate(m.velocity, x0, ...)`` works;
         it is differentiable in x. Lipman et al. (2023), eq. 8.
@@ -224,7 +234,7 @@ class EmpiricalMarginal:
         return (xbar + rate * (xf - t[:, None] * xbar)).reshape(x.shape)
 
     def conditional_velocities(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """u_t(x | x1^(i)) for every data point, shape (B, N, *D) (dense; for small N and teaching).
+        """u_t(x | x1^(i)) for every data point, shape ``(B, N, *D)`` (dense; for small N and teaching).
 
         Raises:
             ValueError: as for :meth:`log_prob`.

@@ -18,11 +18,11 @@ class MLP(nn.Module):
     The input is x (flattened over its feature dimensions) concatenated with
     Fourier features of t: (t, sin(2 pi k t), cos(2 pi k t)) for k = 1..time_freqs.
     Hidden layers use SiLU. It follows the velocity-field convention
-    ``model(x, t)``: x of shape (B, *D), t a float, 0-d tensor or shape (B,);
+    ``model(x, t)``: x of shape ``(B, *D)``, t a float, 0-d tensor or shape (B,);
     the output has x's shape.
 
     Args:
-        dim: number of features of x (the product of *D), >= 1.
+        dim: number of features of x ``(the product of *D)``, >= 1.
         hidden: width of the hidden layers.
         depth: number of hidden layers, >= 1.
         time_freqs: number of Fourier frequencies for t, >= 0.
@@ -40,7 +40,12 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_freqs: int = 4) -> None:
         super().__init__()
-        for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1), ("time_freqs", time_freqs, 0)):
+        for name, value, low in (
+            ("dim", dim, 1),
+            ("hidden", hidden, 1),
+            ("depth", depth, 1),
+            ("time_freqs", time_freqs, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
         self.dim = dim

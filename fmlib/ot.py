@@ -8,7 +8,7 @@ The assignment problems are solved by SciPy's ``linear_sum_assignment`` and POT'
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -35,18 +35,18 @@ def _sq_cost(a: Tensor, b: Tensor) -> np.ndarray:
 def minibatch_ot(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     """Pair a minibatch of noise with a minibatch of data by an exact optimal assignment.
 
-    Solves min over permutations pi of sum_i |x0[i] - x1[pi(i)]|^2 (squared Euclidean cost over the
+    Solves min over permutations pi of ``sum_i |x0[i] - x1[pi(i)]|^2`` (squared Euclidean cost over the
     flattened features) with SciPy's ``linear_sum_assignment`` and returns ``(x0, x1[pi])``: x0 is kept
     in order, x1 is permuted, so every row of each is used exactly once (no sampling from the plan, no
     duplicates, nothing dropped). For equal-size uniform minibatches an optimal plan is a permutation,
     so this is the exact minibatch OT coupling of Tong et al. (2024) and Pooladian et al. (2023).
 
     Args:
-        x0: source batch, shape (B, *D), finite.
+        x0: source batch, shape ``(B, *D)``, finite.
         x1: data batch, same shape as x0, finite.
 
     Returns:
-        ``(x0, x1_paired)``, both of shape (B, *D); dtype and device kept.
+        ``(x0, x1_paired)``, both of shape ``(B, *D)``; dtype and device kept.
 
     Raises:
         ValueError: batch sizes or feature shapes differ (checked before anything is solved), an
@@ -61,8 +61,10 @@ def minibatch_ot(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
     _points(x0, "x0")
     _points(x1, "x1")
     if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1 must have the same shape (B, *D) to be paired one to one; got {tuple(x0.shape)} "
-                         f"and {tuple(x1.shape)}")
+        raise ValueError(
+            f"x0 and x1 must have the same shape (B, *D) to be paired one to one; got {tuple(x0.shape)} "
+            f"and {tuple(x1.shape)}"
+        )
     _, cols = linear_sum_assignment(_sq_cost(x0, x1))
     return x0, x1[torch.as_tensor(cols, device=x1.device)]
 
@@ -70,13 +72,13 @@ def minibatch_ot(x0: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
 def wasserstein2(x: Tensor, y: Tensor) -> float:
     """Exact 2-Wasserstein distance between the empirical measures of two sample sets (uniform weights).
 
-    W2 = (min over couplings of E |X - Y|^2)^(1/2), squared Euclidean cost over flattened features,
+    ``W2 = (min over couplings of E |X - Y|^2)^(1/2)``, squared Euclidean cost over flattened features,
     solved exactly: by an assignment when the sizes are equal, by POT's network simplex (``ot.emd2``)
-    otherwise. Cost O(n^3) time and O(n m) memory: fine for a few thousand points.
+    otherwise. Cost ``O(n^3)`` time and ``O(n m)`` memory: fine for a few thousand points.
 
     Args:
-        x: samples, shape (n, *D), finite.
-        y: samples, shape (m, *D) with the same *D, finite.
+        x: samples, shape ``(n, *D)``, finite.
+        y: samples, shape ``(m, *D)`` with the same ``*D``, finite.
 
     Returns:
         W2 as a Python float (same units as the samples).
@@ -105,14 +107,14 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
 
 
 def path_energy(v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, steps: int = 100, method: str = "euler") -> float:
-    """PE = E_x0 int_0^1 |v(x_t, t)|^2 dt along the paths of v started at x0.
+    """``PE = E_x0 int_0^1 |v(x_t, t)|^2 dt`` along the paths of v started at x0.
 
     The integral is a left Riemann sum over the fixed-step grid of :func:`~fmlib.integrate`
     (exact for the Euler method's piecewise-constant velocities).
 
     Args:
         v: velocity field.
-        x0: starting points, shape (B, *D).
+        x0: starting points, shape ``(B, *D)``.
         steps, method: as for :func:`~fmlib.integrate`.
 
     Returns:
@@ -126,17 +128,18 @@ def path_energy(v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, steps: int = 
     return float(speed2.mean(1).sum() / steps)
 
 
-def normalized_path_energy(v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, x1: Tensor, steps: int = 100,
-                           method: str = "euler") -> float:
-    """NPE = |PE(v) - W2^2(x0, x1)| / W2^2(x0, x1) (Tong et al. 2024, Section 5).
+def normalized_path_energy(
+    v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, x1: Tensor, steps: int = 100, method: str = "euler"
+) -> float:
+    """``NPE = |PE(v) - W2^2(x0, x1)| / W2^2(x0, x1)`` (Tong et al. 2024, Section 5).
 
     The OT displacement between source and data has the least path energy of any flow that transports
     one to the other, namely W2^2; NPE measures how far the learned flow is from it (0 is optimal).
 
     Args:
         v: velocity field.
-        x0: source samples (the starting points), shape (B, *D).
-        x1: data samples, shape (M, *D), used for W2.
+        x0: source samples (the starting points), shape ``(B, *D)``.
+        x1: data samples, shape ``(M, *D)``, used for W2.
         steps, method: as for :func:`~fmlib.integrate`.
 
     Raises:
@@ -149,9 +152,9 @@ def normalized_path_energy(v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, x1
 
 
 def straightness(traj: Tensor) -> float:
-    """Straightness S = int_0^1 E |(x_1 - x_0) - dx_t/dt|^2 dt of trajectories (Liu et al. 2023, Section 2.2).
+    """Straightness ``S = int_0^1 E |(x_1 - x_0) - dx_t/dt|^2 dt`` of trajectories (Liu et al. 2023, Section 2.2).
 
-    Computed from a trajectory of shape (T, B, *D) on a uniform grid over [0, 1] (as returned by
+    Computed from a trajectory of shape ``(T, B, *D)`` on a uniform grid over [0, 1] (as returned by
     ``integrate(..., trajectory=True)``) with finite-difference velocities. S = 0 exactly when every
     path is a straight line travelled at constant speed.
 

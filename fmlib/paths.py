@@ -1,7 +1,7 @@
 """Conditional probability paths p_t(x | z) and their conditional velocities.
 
 Convention: t = 0 is the source p_0 = N(0, I) (noise), t = 1 is the data.
-Batch first: a sample has shape (B, *D); a time is a float, a 0-d tensor or a
+Batch first: a sample has shape ``(B, *D)``; a time is a float, a 0-d tensor or a
 tensor of shape (B,). dtype and device follow the inputs.
 
 Sources: Lipman et al. (2023), *Flow Matching for Generative Modeling*,
@@ -29,12 +29,12 @@ class PathSample:
     """A draw from a conditional path, with its regression target.
 
     Attributes:
-        x_t: the point x_t ~ p_t(x | z), shape (B, *D).
-        u_t: the conditional velocity u_t(x_t | z) at that point, shape (B, *D).
+        x_t: the point x_t ~ p_t(x | z), shape ``(B, *D)``.
+        u_t: the conditional velocity u_t(x_t | z) at that point, shape ``(B, *D)``.
             This is the target that the CFM loss regresses.
         t: the times, shape (B,).
-        x0: the source draw, shape (B, *D).
-        x1: the data point, shape (B, *D).
+        x0: the source draw, shape ``(B, *D)``.
+        x1: the data point, shape ``(B, *D)``.
     """
 
     x_t: Tensor
@@ -61,7 +61,7 @@ class ProbPath(ABC):
     def conditional_velocity(
         self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
     ) -> Tensor:
-        """The conditional velocity u_t(x | z), shape (B, *D)."""
+        """The conditional velocity u_t(x | z), shape ``(B, *D)``."""
 
     @abstractmethod
     def log_prob(self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None) -> Tensor:
@@ -129,13 +129,13 @@ class LinearPath(ProbPath):
         """Draw x_t = (1 - t) x0 + t x1 + sigma eps and return it with u_t = x1 - x0.
 
         Args:
-            x0: source draws, shape (B, *D), floating dtype.
-            x1: data points, shape (B, *D), same shape as x0.
+            x0: source draws, shape ``(B, *D)``, floating dtype.
+            x1: data points, shape ``(B, *D)``, same shape as x0.
             t: times in [0, 1]; a float, a 0-d tensor or shape (B,).
             generator: random generator for eps (only used when sigma > 0).
 
         Returns:
-            A :class:`PathSample` with x_t and u_t of shape (B, *D), t of shape (B,).
+            A :class:`PathSample` with x_t and u_t of shape ``(B, *D)``, t of shape (B,).
 
         Raises:
             ValueError: if x0 and x1 differ in shape or t is outside [0, 1].
@@ -153,7 +153,7 @@ class LinearPath(ProbPath):
     def conditional_velocity(
         self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
     ) -> Tensor:
-        """u_t(x | x0, x1) = x1 - x0, shape (B, *D); the same at every x and t.
+        """u_t(x | x0, x1) = x1 - x0, shape ``(B, *D)``; the same at every x and t.
 
         Raises:
             ValueError: if x0 or x1 is missing, shapes differ, or t is outside [0, 1].
@@ -235,8 +235,8 @@ class GaussianPath(ProbPath):
         and stays finite at t = 1.
 
         Args:
-            x0: standard normal draws, shape (B, *D), floating dtype.
-            x1: data points, shape (B, *D).
+            x0: standard normal draws, shape ``(B, *D)``, floating dtype.
+            x1: data points, shape ``(B, *D)``.
             t: times in [0, 1]; a float, a 0-d tensor or shape (B,).
             generator: unused (all randomness is in x0); accepted for a uniform API.
 
@@ -266,13 +266,13 @@ class GaussianPath(ProbPath):
     def conditional_velocity(
         self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
     ) -> Tensor:
-        """u_t(x | x1) = (x1 - (1 - sigma_min) x) / s_t, shape (B, *D) (Lipman et al. 2023, eq. 21).
+        """u_t(x | x1) = (x1 - (1 - sigma_min) x) / s_t, shape ``(B, *D)`` (Lipman et al. 2023, eq. 21).
 
         Args:
-            x: points, shape (B, *D).
+            x: points, shape ``(B, *D)``.
             t: times in [0, 1]; t = 1 needs sigma_min > 0.
             x0: ignored (z = x1 for this path).
-            x1: data points, shape (B, *D).
+            x1: data points, shape ``(B, *D)``.
 
         Raises:
             ValueError: if x1 is missing or of another shape, t is outside [0, 1],

@@ -7,7 +7,7 @@ colour means a number, adds a colour bar. Inputs are tensors or arrays of
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,8 +15,15 @@ import torch
 from matplotlib.animation import FuncAnimation
 from torch import Tensor
 
-__all__ = ["grid_points", "plot_samples", "plot_histogram", "plot_density", "plot_vector_field",
-           "plot_trajectories", "animate_flow"]
+__all__ = [
+    "grid_points",
+    "plot_samples",
+    "plot_histogram",
+    "plot_density",
+    "plot_vector_field",
+    "plot_trajectories",
+    "animate_flow",
+]
 
 Extent = tuple[float, float, float, float]
 
@@ -40,8 +47,12 @@ def _np(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def grid_points(extent: Extent = (-3, 3, -3, 3), n: int = 100, dtype: torch.dtype = torch.float32,
-                device: torch.device | str | None = None) -> tuple[Tensor, np.ndarray, np.ndarray]:
+def grid_points(
+    extent: Extent = (-3, 3, -3, 3),
+    n: int = 100,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, np.ndarray, np.ndarray]:
     """An n x n grid over ``extent`` = (xmin, xmax, ymin, ymax).
 
     Returns:
@@ -55,8 +66,14 @@ def grid_points(extent: Extent = (-3, 3, -3, 3), n: int = 100, dtype: torch.dtyp
     return pts, X, Y
 
 
-def plot_samples(x: Tensor | np.ndarray, ax: plt.Axes | None = None, title: str | None = None,
-                 extent: Extent | None = (-3, 3, -3, 3), s: float = 2.0, **kwargs) -> plt.Axes:
+def plot_samples(
+    x: Tensor | np.ndarray,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    extent: Extent | None = (-3, 3, -3, 3),
+    s: float = 2.0,
+    **kwargs,
+) -> plt.Axes:
     """Scatter plot of points of shape (B, 2)."""
     ax = _axes(ax)
     p = _np(x)
@@ -65,8 +82,14 @@ def plot_samples(x: Tensor | np.ndarray, ax: plt.Axes | None = None, title: str 
     return ax
 
 
-def plot_histogram(x: Tensor | np.ndarray, ax: plt.Axes | None = None, title: str | None = None,
-                   extent: Extent = (-3, 3, -3, 3), bins: int = 100, cmap: str = "viridis") -> plt.Axes:
+def plot_histogram(
+    x: Tensor | np.ndarray,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    extent: Extent = (-3, 3, -3, 3),
+    bins: int = 100,
+    cmap: str = "viridis",
+) -> plt.Axes:
     """2D histogram (a density estimate) of points of shape (B, 2), with a colour bar."""
     ax = _axes(ax)
     p = _np(x)
@@ -76,9 +99,17 @@ def plot_histogram(x: Tensor | np.ndarray, ax: plt.Axes | None = None, title: st
     return ax
 
 
-def plot_density(density: Callable[[Tensor], Tensor], ax: plt.Axes | None = None, title: str | None = None,
-                 extent: Extent = (-3, 3, -3, 3), n: int = 150, cmap: str = "viridis", label: str = "density",
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> plt.Axes:
+def plot_density(
+    density: Callable[[Tensor], Tensor],
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    extent: Extent = (-3, 3, -3, 3),
+    n: int = 150,
+    cmap: str = "viridis",
+    label: str = "density",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> plt.Axes:
     """Image of a function of 2D points (e.g. ``lambda x: log_prob(x).exp()``) over ``extent``, with a colour bar.
 
     Args:
@@ -96,11 +127,18 @@ def plot_density(density: Callable[[Tensor], Tensor], ax: plt.Axes | None = None
     return ax
 
 
-def plot_vector_field(v: Callable[[Tensor, Tensor], Tensor], t: float, ax: plt.Axes | None = None,
-                      title: str | None = None, extent: Extent = (-3, 3, -3, 3), n: int = 20,
-                      cmap: str = "magma", dtype: torch.dtype = torch.float32,
-                      device: torch.device | str | None = None) -> plt.Axes:
-    """Arrows of the field v(x, t) on an n x n grid at time t, coloured by speed |v| (colour bar).
+def plot_vector_field(
+    v: Callable[[Tensor, Tensor], Tensor],
+    t: float,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    extent: Extent = (-3, 3, -3, 3),
+    n: int = 20,
+    cmap: str = "magma",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> plt.Axes:
+    """Arrows of the field v(x, t) on an n x n grid at time t, coloured by speed ``|v|`` (colour bar).
 
     Arrows are normalised to unit length so the direction is readable; the colour gives the speed.
     """
@@ -110,15 +148,31 @@ def plot_vector_field(v: Callable[[Tensor, Tensor], Tensor], t: float, ax: plt.A
         vel = _np(v(pts, torch.full((pts.shape[0],), float(t), dtype=dtype, device=pts.device)))
     speed = np.linalg.norm(vel, axis=1)
     unit = vel / np.maximum(speed, 1e-12)[:, None]
-    q = ax.quiver(X.ravel(), Y.ravel(), unit[:, 0], unit[:, 1], speed, cmap=cmap, pivot="mid",
-                  angles="xy", scale_units="xy", scale=n / (extent[1] - extent[0]) * 1.6)
+    q = ax.quiver(
+        X.ravel(),
+        Y.ravel(),
+        unit[:, 0],
+        unit[:, 1],
+        speed,
+        cmap=cmap,
+        pivot="mid",
+        angles="xy",
+        scale_units="xy",
+        scale=n / (extent[1] - extent[0]) * 1.6,
+    )
     ax.figure.colorbar(q, ax=ax, label="speed $|u_t(x)|$")
     _label(ax, title if title is not None else f"t = {t:.2f}", extent)
     return ax
 
 
-def plot_trajectories(traj: Tensor | np.ndarray, ax: plt.Axes | None = None, title: str | None = None,
-                      extent: Extent | None = (-3, 3, -3, 3), n: int = 200, alpha: float = 0.3) -> plt.Axes:
+def plot_trajectories(
+    traj: Tensor | np.ndarray,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    extent: Extent | None = (-3, 3, -3, 3),
+    n: int = 200,
+    alpha: float = 0.3,
+) -> plt.Axes:
     """Paths of the first n particles of a trajectory of shape (T, B, 2).
 
     The start (t = 0, noise) is drawn in black, the end (data) in orange, paths in grey.
@@ -133,9 +187,14 @@ def plot_trajectories(traj: Tensor | np.ndarray, ax: plt.Axes | None = None, tit
     return ax
 
 
-def animate_flow(traj: Tensor | np.ndarray, times: Tensor | np.ndarray | None = None,
-                 extent: Extent = (-3, 3, -3, 3), frames: int = 40, interval: int = 80,
-                 title: str = "particles flowing") -> FuncAnimation:
+def animate_flow(
+    traj: Tensor | np.ndarray,
+    times: Tensor | np.ndarray | None = None,
+    extent: Extent = (-3, 3, -3, 3),
+    frames: int = 40,
+    interval: int = 80,
+    title: str = "particles flowing",
+) -> FuncAnimation:
     """Animate particles of a trajectory of shape (T, B, 2); returns a matplotlib ``FuncAnimation``.
 
     In a notebook, show it with ``IPython.display.HTML(anim.to_jshtml())``.

@@ -12,7 +12,7 @@ Section II.1; Lipman et al. (2024), *Flow Matching Guide and Code*, Section 3
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -32,16 +32,17 @@ def euler_step(v: VelocityField, x: Tensor, t: float | Tensor, dt: float | Tenso
     """One explicit Euler step: x + dt * v(x, t). NFE 1, global order 1.
 
     Args:
-        v: velocity field ``v(x, t)``, x of shape (B, *D), t of shape (B,).
-        x: state at time t, shape (B, *D), floating dtype.
+        v: velocity field ``v(x, t)``, x of shape ``(B, *D)``, t of shape (B,).
+        x: state at time t, shape ``(B, *D)``, floating dtype.
         t: current time (float, 0-d tensor or shape (B,)).
         dt: step size; negative to integrate backward.
 
     Returns:
-        The state at t + dt, shape (B, *D), x's dtype and device.
+        The state at t + dt, shape ``(B, *D)``, x's dtype and device.
 
     Raises:
-        ValueError / TypeError: if x is not a batch of floats or v returns another shape.
+        ValueError: if x has no batch dimension or v returns a tensor of another shape.
+        TypeError: if x is not a floating tensor or v does not return a tensor.
     """
     check_batch(x)
     return x + dt * _eval(v, x, t)
@@ -171,8 +172,8 @@ def integrate(
     without keeping a graph.
 
     Args:
-        v: velocity field ``v(x, t)``: x of shape (B, *D), t of shape (B,), result of x's shape.
-        x: initial state at t0, shape (B, *D), floating dtype; the result keeps its dtype and device.
+        v: velocity field ``v(x, t)``: x of shape ``(B, *D)``, t of shape (B,), result of x's shape.
+        x: initial state at t0, shape ``(B, *D)``, floating dtype; the result keeps its dtype and device.
         t0: start time.
         t1: end time.
         steps: number of steps, an int >= 1 (the step is (t1 - t0) / steps).
@@ -180,8 +181,8 @@ def integrate(
         trajectory: if True, return every state.
 
     Returns:
-        The state at t1, shape (B, *D); or, with ``trajectory=True``, all states
-        x(t_0), ..., x(t_steps), shape (steps + 1, B, *D).
+        The state at t1, shape ``(B, *D)``; or, with ``trajectory=True``, all states
+        x(t_0), ..., x(t_steps), shape ``(steps + 1, B, *D)``.
 
     Raises:
         ValueError: for an unknown method, steps < 1, non-finite times, a field that
@@ -203,8 +204,10 @@ def integrate(
     for k in range(steps):
         x = step(v, x, grid[k], grid[k + 1] - grid[k])
         if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"the state became NaN or inf at step {k + 1} of {steps} (t = {grid[k + 1]:g}); "
-                             "the field or the step size is unstable")
+            raise ValueError(
+                f"the state became NaN or inf at step {k + 1} of {steps} (t = {grid[k + 1]:g}); "
+                "the field or the step size is unstable"
+            )
         if states is not None:
             states.append(x)
     return torch.stack(states) if states is not None else x

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ def train(
     Args:
         model: velocity model ``model(x, t)``; its parameters are updated in place.
         path: conditional path defining the regression target.
-        data: the training set x1, shape (N, *D), on the model's device.
+        data: the training set x1, shape ``(N, *D)``, on the model's device.
         steps: number of optimiser steps, >= 1.
         batch_size: minibatch size, >= 1.
         lr: Adam learning rate, > 0.

@@ -60,8 +60,16 @@ def test_training_lowers_the_loss_and_is_reproducible():
     def run():
         torch.manual_seed(0)
         model = MLP(2, hidden=64, depth=2)
-        return train(model, GaussianPath(), data, steps=300, batch_size=128, lr=3e-3,
-                     generator=torch.Generator().manual_seed(1), progress=False)
+        return train(
+            model,
+            GaussianPath(),
+            data,
+            steps=300,
+            batch_size=128,
+            lr=3e-3,
+            generator=torch.Generator().manual_seed(1),
+            progress=False,
+        )
 
     a, b = run(), run()
     assert a == b and len(a) == 300

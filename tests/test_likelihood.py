@@ -47,8 +47,7 @@ def test_adaptive_backward_and_time_shape():
         seen.add(tuple(t.shape))
         return x
 
-    x0, _ = integrate_adaptive(v, torch.full((5, 1), math.e, dtype=torch.float64), t0=1.0, t1=0.0,
-                               rtol=1e-8, atol=1e-8)
+    x0, _ = integrate_adaptive(v, torch.full((5, 1), math.e, dtype=torch.float64), t0=1.0, t1=0.0, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(x0, torch.ones(5, 1, dtype=torch.float64), rtol=1e-6, atol=0)
     assert seen == {(5,)}
 

@@ -6,8 +6,16 @@ import math
 import pytest
 import torch
 
-from fmlib import (LinearPath, cfm_loss, integrate, minibatch_ot, normalized_path_energy, path_energy, straightness,
-                   wasserstein2)
+from fmlib import (
+    LinearPath,
+    cfm_loss,
+    integrate,
+    minibatch_ot,
+    normalized_path_energy,
+    path_energy,
+    straightness,
+    wasserstein2,
+)
 
 
 def test_bug_report_pairs_and_cost():
@@ -105,7 +113,8 @@ def test_straightness(gen):
     assert straightness(straight) < 1e-20
     # rotation by pi/2 over [0, 1]: |v|^2 = (pi/2)^2 r^2, chord |c|^2 = 2 r^2 and int <v, c> dt = |c|^2,
     # so S = E r^2 (pi^2/4 - 2)
-    rot = integrate(lambda x, t: (math.pi / 2) * torch.stack([-x[:, 1], x[:, 0]], 1), x0, steps=400, method="rk4",
-                    trajectory=True)
+    rot = integrate(
+        lambda x, t: (math.pi / 2) * torch.stack([-x[:, 1], x[:, 0]], 1), x0, steps=400, method="rk4", trajectory=True
+    )
     expected = float(x0.pow(2).sum(1).mean()) * (math.pi**2 / 4 - 2)
     assert abs(straightness(rot) - expected) < 1e-4 * expected

@@ -1,8 +1,8 @@
 """Packaging metadata stays consistent: environment.yml mirrors pyproject.toml; the public API is exported."""
 
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 import fmlib
@@ -35,8 +35,19 @@ def test_citation_cff_has_the_required_fields():
 
 
 def test_design_api_names_are_importable_from_fmlib():
-    names = ["PathSample", "ProbPath", "LinearPath", "GaussianPath", "cfm_loss", "euler_step", "midpoint_step",
-             "heun_step", "rk4_step", "integrate", "EmpiricalMarginal"]
+    names = [
+        "PathSample",
+        "ProbPath",
+        "LinearPath",
+        "GaussianPath",
+        "cfm_loss",
+        "euler_step",
+        "midpoint_step",
+        "heun_step",
+        "rk4_step",
+        "integrate",
+        "EmpiricalMarginal",
+    ]
     for name in names:
         assert name in fmlib.__all__ and hasattr(fmlib, name), name
     assert all(hasattr(fmlib, name) for name in fmlib.__all__)

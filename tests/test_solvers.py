@@ -23,8 +23,9 @@ def exact(x0, t0, t1):
 def test_convergence_order(method):
     x0 = torch.tensor([[1.0], [-0.5]], dtype=torch.float64)
     steps = [4, 8, 16, 32]
-    errors = [float((integrate(field, x0, 0.0, 1.0, steps=n, method=method) - exact(x0, 0.0, 1.0)).abs().max())
-              for n in steps]
+    errors = [
+        float((integrate(field, x0, 0.0, 1.0, steps=n, method=method) - exact(x0, 0.0, 1.0)).abs().max()) for n in steps
+    ]
     observed = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert abs(observed[-1] - ORDERS[method]) < 0.15, (method, observed)
 
@@ -69,8 +70,9 @@ def test_forward_then_backward_returns_start(method):
 
 def test_backward_integration_matches_exact_flow():
     x1 = torch.tensor([[2.0]], dtype=torch.float64)
-    torch.testing.assert_close(integrate(field, x1, 1.0, 0.0, steps=64, method="rk4"), exact(x1, 1.0, 0.0),
-                               rtol=1e-8, atol=0)
+    torch.testing.assert_close(
+        integrate(field, x1, 1.0, 0.0, steps=64, method="rk4"), exact(x1, 1.0, 0.0), rtol=1e-8, atol=0
+    )
 
 
 def test_trajectory_shape_and_ends():
@@ -100,8 +102,9 @@ def test_dtype_is_kept():
 
 
 def test_time_grid_from_step_size_ends_at_t1():
-    torch.testing.assert_close(time_grid(0.0, 1.0, step_size=0.3),
-                               torch.tensor([0.0, 0.3, 0.6, 0.9, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        time_grid(0.0, 1.0, step_size=0.3), torch.tensor([0.0, 0.3, 0.6, 0.9, 1.0], dtype=torch.float64)
+    )
     g = time_grid(0.0, 5.9, step_size=1e-4)
     assert g.shape == (59001,) and g[-1].item() == 5.9 and g[0].item() == 0.0
     assert torch.all(g[1:] > g[:-1])
