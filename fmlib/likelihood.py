@@ -161,8 +161,9 @@ def log_likelihood(
 
     Example:
         >>> import torch
+        >>> x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
         >>> with torch.no_grad():  # evaluation only: keep no graph
-        ...     lp = log_likelihood(lambda x, t: 3 * t[:, None] ** 2 * x, torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+        ...     lp = log_likelihood(lambda x, t: 3 * t[:, None] ** 2 * x, x)
         >>> round(float(lp), 4)   # exact: log N(e^-1 [1, 2]) - 2 = -4.176215
         -4.1762
     """
