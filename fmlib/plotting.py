@@ -135,12 +135,14 @@ def plot_vector_field(
     extent: Extent = (-3, 3, -3, 3),
     n: int = 20,
     cmap: str = "magma",
+    label: str = "speed $|u_t(x)|$",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> plt.Axes:
     """Arrows of the field v(x, t) on an n x n grid at time t, coloured by speed ``|v|`` (colour bar).
 
     Arrows are normalised to unit length so the direction is readable; the colour gives the speed.
+    ``label`` is the colour bar's label (e.g. ``"speed $|v_\\theta(x, t)|$"`` for a network).
     """
     ax = _axes(ax)
     pts, X, Y = grid_points(extent, n, dtype=dtype, device=device)
@@ -158,9 +160,10 @@ def plot_vector_field(
         pivot="mid",
         angles="xy",
         scale_units="xy",
-        scale=n / (extent[1] - extent[0]) * 1.6,
+        scale=(n - 1) / (0.85 * (extent[1] - extent[0])),  # unit arrow = 85% of the grid spacing
+        width=0.005,
     )
-    ax.figure.colorbar(q, ax=ax, label="speed $|u_t(x)|$")
+    ax.figure.colorbar(q, ax=ax, label=label)
     _label(ax, title if title is not None else f"t = {t:.2f}", extent)
     return ax
 
