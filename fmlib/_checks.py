@@ -61,12 +61,14 @@ def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -
             raise ValueError(
                 f"{name} must be a scalar or have shape ({batch},) to match the batch; got shape {tuple(t.shape)}"
             )
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite; it holds NaN or inf")
     else:
         if not math.isfinite(float(t)):
             raise ValueError(f"{name} must be finite; got {t}")
-        t = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite; it holds NaN or inf")
+        if unit_interval and not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1]; got {t:g}")
+        return torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
     if unit_interval and batch > 0:
         lo, hi = float(t.min()), float(t.max())
         if lo < 0.0 or hi > 1.0:
