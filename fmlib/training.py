@@ -25,11 +25,12 @@ def train(
     generator: torch.Generator | None = None,
     progress: bool = True,
     coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    source: Tensor | None = None,
 ) -> list[float]:
     """Train ``model`` on ``data`` by minimising :func:`~fmlib.cfm_loss` with Adam.
 
     Each step draws a minibatch of ``batch_size`` rows of ``data`` (with
-    replacement), fresh N(0, I) noise x0 and t ~ U[0, 1], all from ``generator``,
+    replacement), x0 (fresh N(0, I) noise, or rows of ``source``) and t ~ U[0, 1], all from ``generator``,
     so two runs with equally seeded generators and models give the same losses.
 
     Args:
@@ -42,6 +43,8 @@ def train(
         generator: random generator on data's device.
         progress: show a tqdm progress bar.
         coupling: passed to :func:`~fmlib.cfm_loss` (e.g. ``fmlib.minibatch_ot`` for OT-CFM).
+        source: optional samples of a non-Gaussian source p_0, shape ``(M, *D)`` like data; each step draws
+            its x0 minibatch from these rows. Default: fresh N(0, I) noise.
 
     Returns:
         The loss of every step, a list of ``steps`` floats.
@@ -50,6 +53,12 @@ def train(
         ValueError: for steps, batch_size or lr out of range, or empty data.
     """
     check_batch(data, "data")
+    if source is not None:
+        check_batch(source, "source")
+        if source.shape[1:] != data.shape[1:]:
+            raise ValueError(
+                f"source must have data's feature shape {tuple(data.shape[1:])}; got {tuple(source.shape[1:])}"
+            )
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
@@ -60,7 +69,10 @@ def train(
     model.train()
     for k in tqdm(range(steps), disable=not progress, desc="training", mininterval=1.0):
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=data.device)
-        loss = cfm_loss(model, path, data[idx], generator=generator, coupling=coupling)
+        x0 = None
+        if source is not None:
+            x0 = source[torch.randint(0, source.shape[0], (batch_size,), generator=generator, device=source.device)]
+        loss = cfm_loss(model, path, data[idx], x0=x0, generator=generator, coupling=coupling)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

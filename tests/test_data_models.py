@@ -81,3 +81,21 @@ def test_train_rejects_bad_arguments():
         train(MLP(2), GaussianPath(), torch.zeros(4, 2), steps=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         train(MLP(2), GaussianPath(), torch.zeros(4, 2), steps=1, lr=0.0)
+
+
+def test_train_draws_x0_from_a_given_source():
+    # source and data are the same single point: the CFM target x1 - x0 is 0, so the loss of a zero-output
+    # model stays exactly 0 (with N(0, I) noise it could not)
+    class Zero(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            return self.w * x
+
+    pt = torch.ones(10, 2)
+    losses = train(Zero(), fmlib.LinearPath(), pt, steps=3, source=pt, progress=False)
+    assert losses == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="source must have data's feature shape"):
+        train(Zero(), fmlib.LinearPath(), pt, steps=1, source=torch.ones(10, 3), progress=False)
