@@ -7,14 +7,19 @@ BIN := $(VENV)/bin
 # PyPI's wheel of the same version is a CUDA build. Override e.g. `make test TORCH_SPEC="torch==2.5.1"`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
+# MathJax is served from the book itself (_config.yml: html_static_path, mathjax_path), so that the built book
+# renders its equations without a CDN; npm fetches the pinned release once (see the `mathjax` rule at the end).
+MATHJAX_VERSION := 3.2.2
+MATHJAX_JS := _build/mathjax/mathjax/tex-mml-chtml.js
 
-.PHONY: book test lint clean help
+.PHONY: book test lint clean help mathjax browser-test
 
 help:
 	@echo "make book   build the HTML book into _build/html, executing every chapter"
 	@echo "make test   pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
-	@echo "make lint   ruff on fmlib/ and tests/"
+	@echo "make lint   ruff on fmlib/ and tests/, mypy on fmlib/"
 	@echo "make clean  remove _build/"
+	@echo "make browser-test  open every page of _build/html in headless Chromium (run make book first)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[book,test,dev]"
 	touch $(STAMP)
 
-book: $(STAMP)
+book: $(STAMP) $(MATHJAX_JS)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 test: $(STAMP)
@@ -33,6 +38,33 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check fmlib tests
+	$(BIN)/mypy fmlib
 
 clean:
 	rm -rf _build
+
+# MathJax $(MATHJAX_VERSION) from the npm registry (`npm pack` fetches the tarball, runs nothing), cut down to the
+# TeX+MathML CHTML component and the files it loads on demand (TeX extensions, fonts, menu, accessibility).
+$(MATHJAX_JS):
+	@command -v npm >/dev/null || { echo "make book needs npm to fetch MathJax $(MATHJAX_VERSION) once"; exit 1; }
+	rm -rf _build/mathjax && mkdir -p _build/mathjax/mathjax
+	cd _build/mathjax && npm pack --silent "mathjax@$(MATHJAX_VERSION)" >/dev/null
+	tar xzf _build/mathjax/mathjax-$(MATHJAX_VERSION).tgz -C _build/mathjax/mathjax --strip-components=1 package/LICENSE
+	tar xzf _build/mathjax/mathjax-$(MATHJAX_VERSION).tgz -C _build/mathjax/mathjax --strip-components=2 \
+	  package/es5/tex-mml-chtml.js package/es5/input/tex/extensions package/es5/input/mml \
+	  package/es5/output/chtml/fonts package/es5/ui package/es5/a11y package/es5/sre
+	rm _build/mathjax/mathjax-$(MATHJAX_VERSION).tgz
+	test -s $(MATHJAX_JS)
+
+mathjax: $(MATHJAX_JS)
+
+# Headless Chromium over the built book (tools/browser_test.py): math rendered, images loaded, no tracebacks,
+# table-of-contents links alive, search works; screenshots in _build/screenshots/. Run `make book` first.
+# Playwright drives the system's Chromium (Debian: apt-get install chromium); it downloads no browser.
+CHROMIUM ?= /usr/bin/chromium
+BOOK_HTML ?= _build/html
+browser-test: $(STAMP)
+	test -f $(BOOK_HTML)/index.html || { echo "no $(BOOK_HTML)/index.html: run make book first"; exit 1; }
+	test -x "$(CHROMIUM)" || { echo "no Chromium at $(CHROMIUM): apt-get install chromium, or CHROMIUM=/path/to/chrome"; exit 1; }
+	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[browser]"
+	$(BIN)/python tools/browser_test.py $(BOOK_HTML) --chromium "$(CHROMIUM)" --screenshots _build/screenshots

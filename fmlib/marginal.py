@@ -218,6 +218,7 @@ class EmpiricalMarginal:
             ValueError: as for :meth:`log_prob`.
         """
         _, xbar, _, _, _ = self._stream(x, t, want_mean=True)
+        assert xbar is not None
         return xbar.reshape(x.shape)
 
     def velocity(self, x: Tensor, t: float | Tensor) -> Tensor:
@@ -230,6 +231,7 @@ class EmpiricalMarginal:
             ValueError: as for :meth:`log_prob`.
         """
         _, xbar, xf, t, _ = self._stream(x, t, want_mean=True)
+        assert xbar is not None
         rate = self._log_std_rate(t)[:, None]
         return (xbar + rate * (xf - t[:, None] * xbar)).reshape(x.shape)
 

@@ -38,6 +38,8 @@ class MLP(nn.Module):
         torch.Size([5, 2])
     """
 
+    freqs: Tensor  # a registered buffer (moves with .to())
+
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_freqs: int = 4) -> None:
         super().__init__()
         for name, value, low in (

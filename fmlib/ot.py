@@ -21,7 +21,7 @@ from .solvers import integrate
 __all__ = ["minibatch_ot", "wasserstein2", "path_energy", "normalized_path_energy", "straightness"]
 
 
-def _points(x: object, name: str) -> Tensor:
+def _points(x: Tensor, name: str) -> Tensor:
     check_batch(x, name)
     check_finite(x, name)
     return x
