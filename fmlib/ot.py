@@ -3,7 +3,7 @@
 Sources: Tong et al. (2024), *Improving and Generalizing Flow-Based Generative Models with Minibatch
 Optimal Transport* (OT-CFM, Section 3.2; normalised path energy, Section 5); Pooladian et al. (2023),
 *Multisample Flow Matching*; Liu et al. (2023), *Flow Straight and Fast* (straightness, Section 2.2).
-The assignment problems are solved by SciPy's ``linear_sum_assignment`` and POT's ``emd2``.
+The coupling is solved by SciPy's ``linear_sum_assignment``, the W2 distance by POT's ``emd2``.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
     """Exact 2-Wasserstein distance between the empirical measures of two sample sets (uniform weights).
 
     ``W2 = (min over couplings of E |X - Y|^2)^(1/2)``, squared Euclidean cost over flattened features,
-    solved exactly: by an assignment when the sizes are equal, by POT's network simplex (``ot.emd2``)
-    otherwise. Cost ``O(n^3)`` time and ``O(n m)`` memory: fine for a few thousand points.
+    solved exactly by POT's network simplex (``ot.emd2``; about twice as fast as an assignment solver
+    here). Cost about ``O(n^3)`` time and ``O(n m)`` memory: fine for a few thousand points.
 
     Args:
         x: samples, shape ``(n, *D)``, finite.
@@ -95,14 +95,11 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
     _points(y, "y")
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"x and y must have the same feature shape; got {tuple(x.shape[1:])} and {tuple(y.shape[1:])}")
-    cost = _sq_cost(x, y)
-    if x.shape[0] == y.shape[0]:
-        rows, cols = linear_sum_assignment(cost)
-        w2sq = float(cost[rows, cols].mean())
-    else:
-        import ot
+    import ot
 
-        w2sq = float(ot.emd2(np.full(x.shape[0], 1 / x.shape[0]), np.full(y.shape[0], 1 / y.shape[0]), cost))
+    cost = _sq_cost(x, y)
+    weights_x, weights_y = np.full(x.shape[0], 1 / x.shape[0]), np.full(y.shape[0], 1 / y.shape[0])
+    w2sq = float(ot.emd2(weights_x, weights_y, cost, numItermax=10_000_000))
     return max(w2sq, 0.0) ** 0.5
 
 
@@ -135,6 +132,8 @@ def normalized_path_energy(
 
     The OT displacement between source and data has the least path energy of any flow that transports
     one to the other, namely W2^2; NPE measures how far the learned flow is from it (0 is optimal).
+    W2 here is a finite-sample estimate between ``x0`` and ``x1``, biased upward for small samples, so
+    a good flow can show PE slightly below it; use a few thousand points.
 
     Args:
         v: velocity field.
