@@ -118,3 +118,15 @@ def test_straightness(gen):
     )
     expected = float(x0.pow(2).sum(1).mean()) * (math.pi**2 / 4 - 2)
     assert abs(straightness(rot) - expected) < 1e-4 * expected
+
+
+def test_coupling_cost_equals_scipy_assignment_on_a_large_batch(gen):
+    from scipy.optimize import linear_sum_assignment
+
+    x0 = torch.randn(300, 2, generator=gen, dtype=torch.float64)
+    x1 = torch.randn(300, 2, generator=gen, dtype=torch.float64) * 2
+    a, b = minibatch_ot(x0, x1)
+    cost = torch.cdist(x0, x1).pow(2).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    assert abs(float((a - b).pow(2).sum()) - cost[rows, cols].sum()) < 1e-9
+    assert len({tuple(r) for r in b.tolist()}) == 300
