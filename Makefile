@@ -7,17 +7,21 @@ BIN := $(VENV)/bin
 # PyPI's wheel of the same version is a CUDA build. Override e.g. `make test TORCH_SPEC="torch==2.5.1"`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
+# torchcfm and flow_matching, for the benchmark and its smoke test: --no-deps, because torchcfm's dependencies
+# pull torchvision and with it another (CUDA) torch; their cores need only torch, numpy and POT.
+BENCH_STAMP := $(VENV)/.bench-stamp
 # MathJax is served from the book itself (_config.yml: html_static_path, mathjax_path), so that the built book
 # renders its equations without a CDN; npm fetches the pinned release once (see the `mathjax` rule at the end).
 MATHJAX_VERSION := 3.2.2
 MATHJAX_JS := _build/mathjax/mathjax/tex-mml-chtml.js
 
-.PHONY: book test lint clean help mathjax browser-test
+.PHONY: book test lint bench clean help mathjax browser-test
 
 help:
 	@echo "make book   build the HTML book into _build/html, executing every chapter"
 	@echo "make test   pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
 	@echo "make lint   ruff on fmlib/ and tests/, mypy on fmlib/"
+	@echo "make bench  the 2D benchmark against torchcfm and flow_matching (about 20-35 min)"
 	@echo "make clean  remove _build/"
 	@echo "make browser-test  open every page of _build/html in headless Chromium (run make book first)"
 
@@ -31,13 +35,22 @@ $(STAMP): pyproject.toml
 book: $(STAMP) $(MATHJAX_JS)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
-test: $(STAMP)
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -c benchmarks/constraints.txt -r benchmarks/requirements.txt
+	$(BIN)/python -c "import torch, torchcfm, flow_matching; v = torch.__version__.split('+')[0]; assert '$(TORCH_SPEC)'.endswith(v), v"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/compare_2d.py
+
+test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env book/
 	$(BIN)/nbstripout --verify book/*.ipynb
 
 lint: $(STAMP)
-	$(BIN)/ruff check fmlib tests
+	$(BIN)/ruff check fmlib tests benchmarks tools
+	$(BIN)/ruff format --check fmlib tests benchmarks tools
 	$(BIN)/mypy fmlib
 
 clean:
@@ -63,7 +76,15 @@ mathjax: $(MATHJAX_JS)
 # Playwright drives the system's Chromium (Debian: apt-get install chromium); it downloads no browser.
 CHROMIUM ?= /usr/bin/chromium
 BOOK_HTML ?= _build/html
-browser-test: $(STAMP)
+browser-$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -c benchmarks/constraints.txt -r benchmarks/requirements.txt
+	$(BIN)/python -c "import torch, torchcfm, flow_matching; v = torch.__version__.split('+')[0]; assert '$(TORCH_SPEC)'.endswith(v), v"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/compare_2d.py
+
+test: $(STAMP) $(BENCH_STAMP)
 	test -f $(BOOK_HTML)/index.html || { echo "no $(BOOK_HTML)/index.html: run make book first"; exit 1; }
 	test -x "$(CHROMIUM)" || { echo "no Chromium at $(CHROMIUM): apt-get install chromium, or CHROMIUM=/path/to/chrome"; exit 1; }
 	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[browser]"
