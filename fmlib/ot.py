@@ -3,7 +3,8 @@
 Sources: Tong et al. (2024), *Improving and Generalizing Flow-Based Generative Models with Minibatch
 Optimal Transport* (OT-CFM, Section 3.2; normalised path energy, Section 5); Pooladian et al. (2023),
 *Multisample Flow Matching*; Liu et al. (2023), *Flow Straight and Fast* (straightness, Section 2.2).
-The assignment problems are solved exactly by POT (``emd``, ``emd2``), with SciPy's ``linear_sum_assignment`` as a fallback.
+The assignment problems are solved exactly by POT (``emd``, ``emd2``), with SciPy's
+``linear_sum_assignment`` as a fallback.
 """
 
 from __future__ import annotations
