@@ -109,7 +109,9 @@ def integrate_adaptive(
         return check_velocity_output(counter(y, as_time(t, y, unit_interval=False)), y)
 
     times = torch.tensor([float(t0), float(t1)], dtype=x.dtype, device=x.device)
-    out = odeint(func, x, times, method=method, rtol=rtol, atol=atol)[-1]
+    # step_t: the solver must land on t1 exactly, so the field is never evaluated past the interval
+    # (torchdiffeq otherwise may overshoot t1 and interpolate back, calling v at t > 1).
+    out = odeint(func, x, times, method=method, rtol=rtol, atol=atol, options={"step_t": times})[-1]
     return out, counter.nfe
 
 

@@ -140,3 +140,15 @@ def test_likelihood_needs_batch_dimension():
 def test_adaptive_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         integrate_adaptive(lambda x, t: x, torch.ones(1, 1), **kwargs)
+
+
+@pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)])
+def test_adaptive_never_evaluates_outside_the_interval(t0, t1):
+    seen = []
+
+    def v(x, t):
+        seen.append(float(t[0]))
+        return -3 * x
+
+    integrate_adaptive(v, torch.ones(2, 1, dtype=torch.float64), t0=t0, t1=t1, rtol=1e-6, atol=1e-6)
+    assert min(seen) >= min(t0, t1) and max(seen) <= max(t0, t1), (min(seen), max(seen))
