@@ -6,6 +6,20 @@ shape (B,).
 """
 
 from .data import DATASETS, checkerboard, eight_gaussians, s_curve, sample_data, spirals, two_moons
+from .images import (
+    DigitClassifier,
+    DigitsSplit,
+    DigitUNet,
+    cfg_combine,
+    drop_labels,
+    frechet_distance,
+    frechet_distance_gaussians,
+    guided_velocity,
+    image_grid,
+    load_digits_split,
+    nearest_distances,
+    train_conditional,
+)
 from .likelihood import ADAPTIVE_METHODS, NFECounter, integrate_adaptive, log_likelihood
 from .losses import cfm_loss
 from .marginal import EmpiricalMarginal
@@ -43,6 +57,18 @@ __all__ = [
     "straightness",
     "MLP",
     "train",
+    "load_digits_split",
+    "DigitsSplit",
+    "DigitUNet",
+    "drop_labels",
+    "train_conditional",
+    "cfg_combine",
+    "guided_velocity",
+    "DigitClassifier",
+    "frechet_distance",
+    "frechet_distance_gaussians",
+    "nearest_distances",
+    "image_grid",
     "two_moons",
     "eight_gaussians",
     "checkerboard",
