@@ -30,11 +30,11 @@ from numbers import Real
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ._checks import as_time, check_batch
 from .losses import cfm_loss
 from .paths import ProbPath
+from .training import adam_loop
 
 __all__ = [
     "NUM_CLASSES",
@@ -363,25 +363,14 @@ def train_conditional(
     if not isinstance(num_classes, int):
         raise ValueError("model must have an int attribute num_classes (the null label); got none")
     labels = _check_labels(labels, images.shape[0], num_classes, allow_null=False, name="labels")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0; got {lr}")
     labels = labels.to(images.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = torch.empty(steps)
-    model.train()
-    for k in tqdm(range(steps), disable=not progress, desc="training", mininterval=1.0):
+
+    def step_loss() -> Tensor:
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator, device=images.device)
         y = drop_labels(labels[idx], p_uncond, num_classes, generator)
-        loss = cfm_loss(_with_labels(model, y), path, images[idx], generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[k] = loss.detach()
-    model.eval()
-    return losses.tolist()
+        return cfm_loss(_with_labels(model, y), path, images[idx], generator=generator)
+
+    return adam_loop(model, step_loss, steps, batch_size, lr, progress)
 
 
 # -- guidance ---------------------------------------------------------------------------------------

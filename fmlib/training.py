@@ -59,6 +59,24 @@ def train(
             raise ValueError(
                 f"source must have data's feature shape {tuple(data.shape[1:])}; got {tuple(source.shape[1:])}"
             )
+
+    def step_loss() -> Tensor:
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=data.device)
+        x0 = None
+        if source is not None:
+            x0 = source[torch.randint(0, source.shape[0], (batch_size,), generator=generator, device=source.device)]
+        return cfm_loss(model, path, data[idx], x0=x0, generator=generator, coupling=coupling)
+
+    return adam_loop(model, step_loss, steps, batch_size, lr, progress)
+
+
+def adam_loop(
+    model: nn.Module, step_loss: Callable[[], Tensor], steps: int, batch_size: int, lr: float, progress: bool
+) -> list[float]:
+    """Run ``steps`` Adam steps on ``step_loss()`` (which draws its own minibatch); return the losses.
+
+    Shared by :func:`train` and :func:`fmlib.images.train_conditional`; validates steps, batch_size and lr.
+    """
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
@@ -68,11 +86,7 @@ def train(
     losses = torch.empty(steps)
     model.train()
     for k in tqdm(range(steps), disable=not progress, desc="training", mininterval=1.0):
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=data.device)
-        x0 = None
-        if source is not None:
-            x0 = source[torch.randint(0, source.shape[0], (batch_size,), generator=generator, device=source.device)]
-        loss = cfm_loss(model, path, data[idx], x0=x0, generator=generator, coupling=coupling)
+        loss = step_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
