@@ -76,15 +76,7 @@ mathjax: $(MATHJAX_JS)
 # Playwright drives the system's Chromium (Debian: apt-get install chromium); it downloads no browser.
 CHROMIUM ?= /usr/bin/chromium
 BOOK_HTML ?= _build/html
-browser-$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
-	$(BIN)/python -m pip install --quiet --no-deps -c benchmarks/constraints.txt -r benchmarks/requirements.txt
-	$(BIN)/python -c "import torch, torchcfm, flow_matching; v = torch.__version__.split('+')[0]; assert '$(TORCH_SPEC)'.endswith(v), v"
-	touch $(BENCH_STAMP)
-
-bench: $(BENCH_STAMP)
-	$(BIN)/python benchmarks/compare_2d.py
-
-test: $(STAMP) $(BENCH_STAMP)
+browser-test: $(STAMP)
 	test -f $(BOOK_HTML)/index.html || { echo "no $(BOOK_HTML)/index.html: run make book first"; exit 1; }
 	test -x "$(CHROMIUM)" || { echo "no Chromium at $(CHROMIUM): apt-get install chromium, or CHROMIUM=/path/to/chrome"; exit 1; }
 	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[browser]"
