@@ -195,6 +195,8 @@ def integrate(
         >>> round(float(x1), 6)   # Euler: (1 + 1/50)^50
         2.691588
     """
+    if not callable(v):
+        raise TypeError(f"v must be a callable velocity field v(x, t); got {type(v).__name__}")
     check_batch(x)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}; got {method!r}")

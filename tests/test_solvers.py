@@ -155,3 +155,8 @@ def test_time_grid_arguments():
         time_grid(0.0, 1.0)
     with pytest.raises(ValueError, match="step_size must be > 0"):
         time_grid(0.0, 1.0, step_size=-0.1)
+
+
+def test_non_callable_field_raises():
+    with pytest.raises(TypeError, match="v must be a callable velocity field"):
+        integrate(3, torch.ones(1, 1), steps=2)
