@@ -27,6 +27,13 @@ def check_batch(x: object, name: str = "x") -> Tensor:
     return x
 
 
+def check_int(value: object, name: str, low: int = 1) -> int:
+    """Return ``value`` if it is an int (not a bool) >= ``low``; else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+    return value
+
+
 def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
     """Raise ValueError unless ``a`` and ``b`` have the same shape."""
     if a.shape != b.shape:

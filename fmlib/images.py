@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, check_batch
+from ._checks import as_time, check_batch, check_int
 from .losses import cfm_loss
 from .paths import ProbPath
 from .training import adam_loop
@@ -229,8 +229,7 @@ class DigitUNet(nn.Module):
             ("image_size", image_size, 2),
             ("in_channels", in_channels, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+            check_int(value, name, low)
         if channels % 8:
             raise ValueError(f"channels must be a multiple of 8 (GroupNorm with 8 groups); got {channels}")
         if image_size % 2:
@@ -644,8 +643,7 @@ def image_grid(images: Tensor, nrow: int, pad: int = 1, pad_value: float = 1.0) 
     check_batch(images, "images")
     if images.dim() != 4 or images.shape[1] != 1:
         raise ValueError(f"images must have shape (B, 1, H, W); got {tuple(images.shape)}")
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
-        raise ValueError(f"nrow must be an int >= 1; got {nrow!r}")
+    check_int(nrow, "nrow")
     b, _, h, w = images.shape
     rows = -(-b // nrow)
     out = np.full((rows * (h + pad) - pad, nrow * (w + pad) - pad), pad_value, dtype=np.float64)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import as_time, check_batch, check_velocity_output
+from ._checks import as_time, check_batch, check_int, check_velocity_output
 from .solvers import METHODS, integrate
 
 __all__ = ["NFECounter", "integrate_adaptive", "log_likelihood", "ADAPTIVE_METHODS"]
@@ -174,8 +174,7 @@ def log_likelihood(
         raise ValueError(f"method must be one of {sorted(METHODS)}; got {method!r}")
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be an int >= 1; got {probes!r}")
+    check_int(probes, "probes")
     shape, feats = x.shape, x[0].numel()
     keep_graph = torch.is_grad_enabled()
     eps = None

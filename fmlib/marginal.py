@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import as_time, check_batch
+from ._checks import as_time, check_batch, check_int
 from .paths import GaussianPath, LinearPath, ProbPath
 
 __all__ = ["EmpiricalMarginal"]
@@ -82,8 +82,7 @@ class EmpiricalMarginal:
             raise ValueError("data must be finite; it holds NaN or inf")
         if not isinstance(path, (GaussianPath, LinearPath)):
             raise ValueError(f"path must be a GaussianPath or a LinearPath; got {type(path).__name__}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+        check_int(chunk_size, "chunk_size")
         self.data = data
         self.path = path
         self.chunk_size = chunk_size

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, check_batch
+from ._checks import as_time, check_batch, check_int
 
 __all__ = ["MLP"]
 
@@ -48,8 +48,7 @@ class MLP(nn.Module):
             ("depth", depth, 1),
             ("time_freqs", time_freqs, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+            check_int(value, name, low)
         self.dim = dim
         self.register_buffer("freqs", 2 * math.pi * torch.arange(1, time_freqs + 1, dtype=torch.float32))
         layers: list[nn.Module] = [nn.Linear(dim + 1 + 2 * time_freqs, hidden), nn.SiLU()]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._checks import check_batch
+from ._checks import check_batch, check_int
 from .losses import cfm_loss
 from .paths import ProbPath
 
@@ -77,9 +77,8 @@ def adam_loop(
 
     Shared by :func:`train` and :func:`fmlib.images.train_conditional`; validates steps, batch_size and lr.
     """
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+    check_int(steps, "steps")
+    check_int(batch_size, "batch_size")
     if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr}")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
