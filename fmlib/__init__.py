@@ -5,29 +5,37 @@ a velocity field is a callable ``v(x, t)`` with x of shape ``(B, *D)`` and t of
 shape (B,).
 """
 
-from .data import DATASETS, checkerboard, eight_gaussians, s_curve, sample_data, spirals, two_moons
-from .images import (
-    DigitClassifier,
+from .couplings import minibatch_ot
+from .data import (
+    DATASETS,
     DigitsSplit,
-    DigitUNet,
-    cfg_combine,
-    drop_labels,
-    frechet_distance,
-    frechet_distance_gaussians,
-    guided_velocity,
-    image_grid,
+    checkerboard,
+    eight_gaussians,
     load_digits_split,
-    nearest_distances,
-    train_conditional,
+    s_curve,
+    sample_data,
+    spirals,
+    two_moons,
 )
+from .guidance import cfg_combine, drop_labels, guided_velocity
 from .likelihood import ADAPTIVE_METHODS, NFECounter, integrate_adaptive, log_likelihood
 from .losses import cfm_loss
 from .marginal import EmpiricalMarginal
-from .models import MLP
-from .ot import minibatch_ot, normalized_path_energy, path_energy, straightness, wasserstein2
+from .metrics import (
+    DigitClassifier,
+    frechet_distance,
+    frechet_distance_gaussians,
+    nearest_distances,
+    normalized_path_energy,
+    path_energy,
+    straightness,
+    wasserstein2,
+)
+from .models import MLP, DigitUNet
 from .paths import GaussianPath, LinearPath, PathSample, ProbPath
+from .plotting import image_grid
 from .solvers import METHODS, NFE_PER_STEP, euler_step, heun_step, integrate, midpoint_step, rk4_step, time_grid
-from .training import train
+from .training import train, train_conditional
 
 __version__ = "0.1.0"
 

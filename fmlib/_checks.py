@@ -95,3 +95,25 @@ def check_velocity_output(out: object, x: Tensor, name: str = "v(x, t)") -> Tens
     if out.shape != x.shape:
         raise ValueError(f"{name} must return a tensor of x's shape {tuple(x.shape)}; got {tuple(out.shape)}")
     return out
+
+
+def check_labels(y: object, batch: int, num_classes: int, allow_null: bool = True, name: str = "y") -> Tensor:
+    """Return y as an int64 tensor of shape (batch,) after checking its values."""
+    top = num_classes if allow_null else num_classes - 1
+    if isinstance(y, Tensor):
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer labels in 0..{top}; got dtype {y.dtype}")
+        if y.dim() == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,):
+            raise ValueError(f"{name} must have shape ({batch},) to match the batch; got shape {tuple(y.shape)}")
+    elif isinstance(y, int) and not isinstance(y, bool):
+        y = torch.full((batch,), y, dtype=torch.long)
+    else:
+        raise ValueError(f"{name} must be an int or an integer tensor of shape ({batch},); got {type(y).__name__}")
+    if batch > 0:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi > top:
+            what = f"0..{num_classes - 1} or the null label {num_classes}" if allow_null else f"0..{top}"
+            raise ValueError(f"{name} must hold labels in {what}; got values in [{lo}, {hi}]")
+    return y.long()

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import torch
 from sklearn.datasets import make_moons, make_s_curve
 from torch import Tensor
 
-__all__ = ["two_moons", "eight_gaussians", "checkerboard", "spirals", "s_curve", "sample_data", "DATASETS"]
+__all__ = [
+    "two_moons",
+    "eight_gaussians",
+    "checkerboard",
+    "spirals",
+    "s_curve",
+    "sample_data",
+    "DATASETS",
+    "NUM_CLASSES",
+    "DigitsSplit",
+    "load_digits_split",
+]
 
 
 def _check_n(n: object) -> int:
@@ -157,3 +170,78 @@ def sample_data(name: str, n: int, generator: torch.Generator | None = None, **k
     if name not in DATASETS:
         raise ValueError(f"name must be one of {sorted(DATASETS)}; got {name!r}")
     return DATASETS[name](n, generator=generator, **kwargs)
+
+
+# -- the 8x8 digits (scikit-learn's bundled load_digits, no download) ---------------------------------
+
+NUM_CLASSES = 10
+"""The number of digit classes; the label ``NUM_CLASSES`` (= 10) is the null label (unconditional)."""
+
+
+@dataclass
+class DigitsSplit:
+    """A fixed train / held-out split of the 8x8 digits.
+
+    Attributes:
+        x_train: training images in [-1, 1], shape (N_train, 1, 8, 8).
+        y_train: their labels 0..9, shape (N_train,), int64.
+        x_test: held-out images in [-1, 1], shape (N_test, 1, 8, 8).
+        y_test: their labels, shape (N_test,), int64.
+    """
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def load_digits_split(
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> DigitsSplit:
+    """The 1,797 bundled 8x8 digits of scikit-learn, scaled to [-1, 1] and split, stratified by label.
+
+    Pixels are integers 0..16 in ``sklearn.datasets.load_digits``; they are mapped to ``x / 8 - 1``, so
+    0 (background) is -1 and 16 (full ink) is 1. The split is ``train_test_split(..., stratify=labels,
+    random_state=seed)``: every class keeps its share in both parts, and the same seed gives the same split.
+
+    Args:
+        test_fraction: share of the images held out, in (0, 1).
+        seed: seed of the split.
+        dtype: floating dtype of the images.
+        device: device of all four tensors.
+
+    Returns:
+        A :class:`DigitsSplit`; with the defaults 1,437 training and 360 held-out images.
+
+    Raises:
+        ValueError: if test_fraction is not in (0, 1) or dtype is not floating.
+
+    Example:
+        >>> split = load_digits_split()
+        >>> tuple(split.x_train.shape), tuple(split.x_test.shape)
+        ((1437, 1, 8, 8), (360, 1, 8, 8))
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real) or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a float in (0, 1); got {test_fraction!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype; got {dtype}")
+    digits = load_digits()
+    images = digits.images.astype(np.float64) / 8.0 - 1.0
+    labels = digits.target.astype(np.int64)
+    i_train, i_test = train_test_split(
+        np.arange(labels.shape[0]), test_size=float(test_fraction), stratify=labels, random_state=seed
+    )
+
+    def img(i: np.ndarray) -> Tensor:
+        return torch.as_tensor(images[i][:, None]).to(dtype=dtype, device=device)
+
+    def lab(i: np.ndarray) -> Tensor:
+        return torch.as_tensor(labels[i]).to(device=device)
+
+    return DigitsSplit(img(i_train), lab(i_train), img(i_test), lab(i_test))

@@ -1,4 +1,4 @@
-"""A minimal training loop for the CFM loss, with a tqdm progress bar."""
+"""Training loops for the CFM loss (unconditional, and class-conditional with label dropout), with a tqdm bar."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._checks import check_batch, check_int
+from ._checks import check_batch, check_int, check_labels
+from .guidance import _with_labels, drop_labels
 from .losses import cfm_loss
 from .paths import ProbPath
 
-__all__ = ["train"]
+__all__ = ["train", "train_conditional"]
 
 
 def train(
@@ -75,7 +76,7 @@ def adam_loop(
 ) -> list[float]:
     """Run ``steps`` Adam steps on ``step_loss()`` (which draws its own minibatch); return the losses.
 
-    Shared by :func:`train` and :func:`fmlib.images.train_conditional`; validates steps, batch_size and lr.
+    Shared by :func:`train` and :func:`train_conditional`; validates steps, batch_size and lr.
     """
     check_int(steps, "steps")
     check_int(batch_size, "batch_size")
@@ -92,3 +93,57 @@ def adam_loop(
         losses[k] = loss.detach()
     model.eval()
     return losses.tolist()
+
+
+def train_conditional(
+    model: nn.Module,
+    path: ProbPath,
+    images: Tensor,
+    labels: Tensor,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    p_uncond: float = 0.2,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Train a class-conditional model ``model(x, t, y)`` with the CFM loss and label dropout.
+
+    Each step draws ``batch_size`` rows of (images, labels) with replacement, replaces each label by the
+    null label ``model.num_classes`` with probability ``p_uncond`` (:func:`drop_labels`), and takes an
+    Adam step on :func:`~fmlib.cfm_loss` of the field ``(x, t) -> model(x, t, y)``: the conditional
+    path and its target do not depend on y, only the network sees it. All randomness comes from
+    ``generator``, so equally seeded runs give equal losses.
+
+    Args:
+        model: a conditional velocity model with a ``num_classes`` attribute (e.g. :class:`DigitUNet`).
+        path: the conditional probability path.
+        images: training images x1, shape ``(N, *D)``, on the model's device.
+        labels: their labels in 0..num_classes - 1, shape (N,).
+        steps: optimiser steps, >= 1.
+        batch_size: minibatch size, >= 1.
+        lr: Adam learning rate, > 0.
+        p_uncond: label dropout probability, in [0, 1].
+        generator: random generator on the images' device.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The loss of every step, a list of ``steps`` floats.
+
+    Raises:
+        ValueError: for arguments out of range, labels of the wrong shape or range, or a model without
+            ``num_classes``.
+    """
+    check_batch(images, "images")
+    num_classes = getattr(model, "num_classes", None)
+    if not isinstance(num_classes, int):
+        raise ValueError("model must have an int attribute num_classes (the null label); got none")
+    labels = check_labels(labels, images.shape[0], num_classes, allow_null=False, name="labels")
+    labels = labels.to(images.device)
+
+    def step_loss() -> Tensor:
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator, device=images.device)
+        y = drop_labels(labels[idx], p_uncond, num_classes, generator)
+        return cfm_loss(_with_labels(model, y), path, images[idx], generator=generator)
+
+    return adam_loop(model, step_loss, steps, batch_size, lr, progress)

@@ -1,4 +1,4 @@
-"""Tests of fmlib.images: digits data, the conditional U-Net, guidance, training and the quality metrics."""
+"""Tests of class-conditional training on the digits: data split, U-Net, guidance, training and image metrics."""
 
 import math
 
@@ -7,21 +7,23 @@ import pytest
 import scipy.linalg
 import torch
 
-from fmlib import GaussianPath, cfm_loss, integrate
-from fmlib.images import (
-    NUM_CLASSES,
+from fmlib import (
     DigitClassifier,
     DigitUNet,
+    GaussianPath,
     cfg_combine,
+    cfm_loss,
     drop_labels,
     frechet_distance,
     frechet_distance_gaussians,
     guided_velocity,
     image_grid,
+    integrate,
     load_digits_split,
     nearest_distances,
     train_conditional,
 )
+from fmlib.data import NUM_CLASSES
 
 
 @pytest.fixture(scope="module", autouse=True)
