@@ -1,18 +1,29 @@
 """Matplotlib helpers for 2D flows: samples, densities, vector fields, trajectories, animations.
 
-Every helper draws on a given ``ax`` (or a new one), labels its axes and, where
-colour means a number, adds a colour bar. Inputs are tensors or arrays of
-2D points; they are moved to the CPU for drawing.
+Every helper draws on a given ``ax`` (or a new figure), labels its axes and, where
+colour means a number, adds a labelled colour bar. Inputs are tensors or arrays of
+2D points; they are moved to the CPU for drawing. The recurring figure types of the
+book have one helper each: a value over a 2D grid (:func:`plot_map`), several such
+maps on one colour scale (:func:`plot_maps`), samples beside the data
+(:func:`plot_samples_beside_data`), error against cost on log-log axes
+(:func:`plot_error_vs_cost`), paths coloured by their start (:func:`plot_flow_paths`)
+and animated particles (:func:`animate_flow`, shown with :func:`show_animation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.animation import FuncAnimation
+from matplotlib.collections import LineCollection
+from matplotlib.colorbar import Colorbar
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from ._checks import check_batch, check_int
@@ -20,17 +31,33 @@ from ._checks import check_batch, check_int
 __all__ = [
     "use_book_style",
     "MAX_FIGURE_WIDTH",
+    "MARKERS",
     "grid_points",
+    "evaluate_on_grid",
+    "data_extent",
+    "panel_grid",
+    "add_colorbar",
+    "diverging_norm",
+    "loglog_slope",
     "plot_samples",
     "plot_histogram",
     "plot_density",
+    "plot_map",
+    "plot_maps",
+    "plot_samples_beside_data",
+    "plot_error_vs_cost",
     "plot_vector_field",
     "plot_trajectories",
+    "plot_flow_paths",
+    "start_colors",
     "animate_flow",
+    "animation_html",
+    "show_animation",
     "image_grid",
 ]
 
 Extent = tuple[float, float, float, float]
+ArrayLike = Tensor | np.ndarray
 
 MAX_FIGURE_WIDTH = 9.0
 """Widest figure, in inches, whose text stays legible in the book's column.
@@ -39,6 +66,9 @@ The text column of the built book is about 690 px wide at a 1280 px window. A fi
 W inches wide is shown at most 690 px wide, so one typographic point of it spans
 690 / (72 W) px or more: at W <= 9.5 a 10 pt label stays at least 10 px tall.
 """
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+"""Marker per curve in :func:`plot_error_vs_cost`: distinct shapes, so curves differ without colour."""
 
 
 def use_book_style() -> None:
@@ -76,7 +106,7 @@ def use_book_style() -> None:
 
 
 def _axes(ax: plt.Axes | None) -> plt.Axes:
-    return ax if ax is not None else plt.subplots(figsize=(4.5, 4))[1]
+    return ax if ax is not None else plt.subplots(figsize=(4.5, 4), layout="constrained")[1]
 
 
 def _label(ax: plt.Axes, title: str | None, extent: Extent | None = None) -> None:
@@ -90,8 +120,169 @@ def _label(ax: plt.Axes, title: str | None, extent: Extent | None = None) -> Non
     ax.set_aspect("equal")
 
 
-def _np(x: Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+def _np(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _points(x: object, name: str) -> np.ndarray:
+    """``x`` as a NumPy array of 2D points, shape (..., 2)."""
+    if not isinstance(x, (Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray of 2D points; got {type(x).__name__}")
+    p = _np(x)
+    if p.ndim < 2 or p.shape[-1] != 2 or p.shape[-2] < 1:
+        raise ValueError(f"{name} must have shape (..., B, 2) with B >= 1; got shape {p.shape}")
+    return p
+
+
+def _check_extent(extent: object, name: str = "extent") -> Extent:
+    if not isinstance(extent, (tuple, list)) or len(extent) != 4:
+        raise TypeError(f"{name} must be a tuple (xmin, xmax, ymin, ymax); got {extent!r}")
+    xmin, xmax, ymin, ymax = (float(e) for e in extent)
+    if not (xmin < xmax and ymin < ymax):
+        raise ValueError(f"{name} must satisfy xmin < xmax and ymin < ymax; got {extent!r}")
+    return (xmin, xmax, ymin, ymax)
+
+
+def _check_label(label: object, name: str = "label") -> str:
+    if not isinstance(label, str):
+        raise TypeError(f"{name} must be a string naming the quantity; got {type(label).__name__}")
+    if not label.strip():
+        raise ValueError(f"{name} must name the quantity a colour bar shows; got an empty string")
+    return label
+
+
+def data_extent(*points: ArrayLike, margin: float = 0.05, quantile: float | None = None) -> Extent:
+    """The smallest (xmin, xmax, ymin, ymax) that contains every point, widened by ``margin`` of each side.
+
+    Args:
+        points: arrays or tensors of 2D points, each of shape (..., 2) (e.g. samples (B, 2) or a
+            trajectory (T, B, 2)); all of them are contained.
+        margin: fraction of the larger of the two spans added on every side (0.05: 5 %).
+        quantile: if given (e.g. 0.005), the box holds the points between the ``quantile`` and
+            ``1 - quantile`` quantiles of each coordinate instead of all of them (for heavy tails).
+
+    Raises:
+        ValueError: no points, a negative margin, or non-finite coordinates.
+
+    >>> data_extent(np.array([[0.0, 0.0], [2.0, 1.0]]), margin=0.0)
+    (0.0, 2.0, 0.0, 1.0)
+    """
+    if not points:
+        raise ValueError("data_extent needs at least one array of points; got none")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0; got {margin}")
+    flat = np.concatenate([_points(p, "points").reshape(-1, 2) for p in points]).astype(np.float64)
+    if not np.isfinite(flat).all():
+        raise ValueError("data_extent got non-finite coordinates (NaN or inf)")
+    if quantile is None:
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+    else:
+        lo, hi = np.quantile(flat, quantile, axis=0), np.quantile(flat, 1 - quantile, axis=0)
+    pad = margin * max(float((hi - lo).max()), 1e-3)
+    lo, hi = lo - pad, hi + pad
+    hi = np.where(hi - lo < 1e-6, lo + 1e-3, hi)
+    return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+
+
+def panel_grid(
+    n: int,
+    ncols: int | None = None,
+    panel_height: float | None = None,
+    width: float | None = None,
+    **subplot_kw,
+) -> tuple[Figure, list[plt.Axes]]:
+    """A figure of ``n`` panels, at most three per row, no wider than :data:`MAX_FIGURE_WIDTH`.
+
+    Args:
+        n: number of panels.
+        ncols: panels per row (default ``min(n, 3)``; at most 3).
+        panel_height: height of one row in inches (default: about the width of one panel).
+        width: figure width in inches (default ``min(MAX_FIGURE_WIDTH, 3.2 * ncols)``).
+        subplot_kw: passed to :func:`matplotlib.pyplot.subplots` (e.g. ``sharex=True``).
+
+    Returns:
+        ``(fig, axes)``: the constrained-layout figure and a flat list of its ``n`` axes (unused grid
+        cells are removed).
+
+    Raises:
+        ValueError: ``n < 1``, ``ncols`` outside 1..3, or ``width`` above :data:`MAX_FIGURE_WIDTH`.
+    """
+    n = check_int(n, "n")
+    ncols = min(n, 3) if ncols is None else check_int(ncols, "ncols")
+    if ncols > 3:
+        raise ValueError(f"ncols must be at most 3 (panels per row that stay legible); got {ncols}")
+    width = min(MAX_FIGURE_WIDTH, 3.2 * ncols) if width is None else float(width)
+    if width > MAX_FIGURE_WIDTH:
+        raise ValueError(f"width must be at most MAX_FIGURE_WIDTH = {MAX_FIGURE_WIDTH} inches; got {width}")
+    nrows = math.ceil(n / ncols)
+    panel_height = min(3.4, width / ncols) if panel_height is None else float(panel_height)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(width, panel_height * nrows), squeeze=False, layout="constrained", **subplot_kw
+    )
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.remove()
+    return fig, flat[:n]
+
+
+def add_colorbar(mappable, ax: plt.Axes | Sequence[plt.Axes], label: str, **kwargs) -> Colorbar:
+    """A colour bar for ``mappable`` beside ``ax`` (one axes, or a list of axes sharing it), labelled ``label``.
+
+    ``label`` names the quantity and its meaning (e.g. ``"density $p_t(x)$"``); it is required.
+
+    Raises:
+        TypeError, ValueError: ``label`` is not a non-empty string.
+    """
+    _check_label(label)
+    fig = ax.figure if isinstance(ax, plt.Axes) else ax[0].figure
+    return fig.colorbar(mappable, ax=ax, label=label, **kwargs)
+
+
+def diverging_norm(values: ArrayLike | None = None, vmax: float | None = None) -> TwoSlopeNorm:
+    """A colour norm centred on zero and symmetric, for signed quantities (differences, residuals).
+
+    The limits are ``-vmax`` and ``vmax``, with ``vmax`` given or ``max |values|`` (1.0 when all
+    values are zero). Use it with a diverging colour map such as ``"RdBu_r"``.
+
+    Raises:
+        ValueError: neither ``values`` nor ``vmax`` given, ``vmax <= 0``, or non-finite values.
+    """
+    if vmax is None:
+        if values is None:
+            raise ValueError("diverging_norm needs values or vmax; got neither")
+        arr = _np(values) if isinstance(values, Tensor) else np.asarray(values, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("diverging_norm got non-finite values (NaN or inf)")
+        vmax = float(np.abs(arr).max()) if arr.size else 0.0
+        vmax = vmax if vmax > 0 else 1.0
+    if not vmax > 0:
+        raise ValueError(f"vmax must be > 0; got {vmax}")
+    return TwoSlopeNorm(vcenter=0.0, vmin=-float(vmax), vmax=float(vmax))
+
+
+def loglog_slope(x: ArrayLike | Sequence[float], y: ArrayLike | Sequence[float]) -> float:
+    """Least-squares slope of log y against log x: the order p in ``y ~ C x^p``.
+
+    >>> round(loglog_slope([1, 2, 4, 8], [1.0, 0.25, 0.0625, 0.015625]), 6)
+    -2.0
+
+    Raises:
+        ValueError: fewer than two points, different lengths, or a value that is not positive.
+    """
+    xa, ya = (
+        np.asarray(_np(x) if isinstance(x, Tensor) else x, float),
+        np.asarray(_np(y) if isinstance(y, Tensor) else y, float),
+    )
+    if xa.shape != ya.shape or xa.ndim != 1 or len(xa) < 2:
+        raise ValueError(f"x and y must be 1D of equal length >= 2; got shapes {xa.shape} and {ya.shape}")
+    if not ((xa > 0).all() and (ya > 0).all()):
+        raise ValueError("x and y must be positive for a log-log slope")
+    return float(np.polyfit(np.log(xa), np.log(ya), 1)[0])
 
 
 def grid_points(
@@ -174,6 +365,219 @@ def plot_density(
     return ax
 
 
+def evaluate_on_grid(
+    f: Callable[[Tensor], Tensor],
+    extent: Extent = (-3, 3, -3, 3),
+    n: int = 100,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Values of ``f`` (points (M, 2) -> values (M,)) on the n x n grid of :func:`grid_points`, shape (n, n).
+
+    Row i holds y = Y[i, 0], so the result draws with ``imshow(..., origin="lower", extent=extent)``.
+    Evaluated under ``torch.no_grad()``.
+
+    Raises:
+        ValueError: ``f`` does not return M values for M points.
+    """
+    pts, X, _ = grid_points(extent, n, dtype=dtype, device=device)
+    with torch.no_grad():
+        values = _np(f(pts))
+    if values.size != X.size:
+        raise ValueError(f"f must map points of shape (M, 2) to M values; got {values.shape} for M = {X.size}")
+    return values.reshape(X.shape)
+
+
+def _norm(values: Sequence[np.ndarray], norm: Normalize | None, diverging: bool, log: bool) -> Normalize:
+    if norm is not None:
+        return norm
+    if diverging:
+        return diverging_norm(np.concatenate([np.ravel(v) for v in values]))
+    finite = np.concatenate([np.ravel(v)[np.isfinite(np.ravel(v))] for v in values])
+    if log:
+        positive = finite[finite > 0]
+        if positive.size == 0:
+            raise ValueError("log=True needs positive values; got none")
+        return LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
+    return Normalize(vmin=float(finite.min()), vmax=float(finite.max()))
+
+
+def plot_map(
+    values: ArrayLike,
+    extent: Extent,
+    label: str,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    cmap: str | None = None,
+    norm: Normalize | None = None,
+    diverging: bool = False,
+    log: bool = False,
+    colorbar: bool = True,
+) -> plt.Axes:
+    """A quantity over a 2D grid, shape (n, n) (e.g. from :func:`evaluate_on_grid`), with a labelled colour bar.
+
+    Args:
+        values: grid values, row i at the i-th y value (``origin="lower"``).
+        extent: (xmin, xmax, ymin, ymax) the grid covers.
+        label: colour bar label: the quantity and its meaning.
+        diverging: a signed quantity: ``"RdBu_r"`` with a norm centred on zero (:func:`diverging_norm`).
+        log: a positive quantity over decades: a logarithmic norm.
+        norm: an explicit norm (overrides ``diverging`` and ``log``).
+        colorbar: draw the colour bar (False when the caller adds a shared one).
+
+    Returns:
+        The axes; the image is ``ax.images[-1]``.
+
+    Raises:
+        ValueError: ``values`` not 2D, a bad extent, an empty label, or ``log`` with no positive value.
+    """
+    arr = _np(values)
+    if arr.ndim != 2:
+        raise ValueError(f"values must be a 2D grid of shape (n, n); got shape {arr.shape}")
+    extent = _check_extent(extent)
+    _check_label(label)
+    ax = _axes(ax)
+    cmap = cmap if cmap is not None else ("RdBu_r" if diverging else "viridis")
+    im = ax.imshow(arr, origin="lower", extent=extent, cmap=cmap, norm=_norm([arr], norm, diverging, log))
+    if colorbar:
+        add_colorbar(im, ax, label)
+    _label(ax, title, extent)
+    return ax
+
+
+def plot_maps(
+    maps: Mapping[str, ArrayLike],
+    extent: Extent,
+    label: str,
+    cmap: str | None = None,
+    norm: Normalize | None = None,
+    diverging: bool = False,
+    log: bool = False,
+    points: ArrayLike | None = None,
+    ncols: int | None = None,
+) -> tuple[Figure, list[plt.Axes]]:
+    """Several grids of one quantity side by side, on ONE colour scale with one shared, labelled colour bar.
+
+    Args:
+        maps: {panel title: grid values of shape (n, n)}; at most three panels per row.
+        extent, label, cmap, norm, diverging, log: as in :func:`plot_map`; the scale spans all panels.
+        points: optional 2D points (B, 2) drawn small and white on every panel (e.g. the data).
+        ncols: panels per row (default ``min(len(maps), 3)``).
+
+    Returns:
+        ``(fig, axes)``.
+
+    Raises:
+        ValueError: no maps, maps of different shapes, or as :func:`plot_map`.
+    """
+    if not isinstance(maps, Mapping) or not maps:
+        raise ValueError("maps must be a non-empty mapping {title: grid values}")
+    arrays = {title: _np(v) for title, v in maps.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"maps must all be 2D grids of one shape; got shapes {sorted(shapes)}")
+    extent = _check_extent(extent)
+    _check_label(label)
+    shared = _norm(list(arrays.values()), norm, diverging, log)
+    fig, axes = panel_grid(len(arrays), ncols=ncols, width=min(MAX_FIGURE_WIDTH, 3.0 * min(len(arrays), 3) + 0.9))
+    for ax, (title, arr) in zip(axes, arrays.items()):
+        plot_map(arr, extent, label, ax=ax, title=title, cmap=cmap, norm=shared, colorbar=False)
+        if points is not None:
+            p = _points(points, "points").reshape(-1, 2)
+            ax.scatter(p[:, 0], p[:, 1], s=1, c="white", alpha=0.6)
+            _label(ax, None, extent)
+    add_colorbar(axes[0].images[-1], axes, label, shrink=0.9)
+    return fig, axes
+
+
+def plot_samples_beside_data(
+    samples: ArrayLike | Mapping[str, ArrayLike],
+    data: ArrayLike,
+    extent: Extent | None = None,
+    data_title: str = "data",
+    s: float = 2.0,
+    colors: Mapping[str, str] | None = None,
+) -> tuple[Figure, list[plt.Axes]]:
+    """The data in the first panel, each set of samples in the next ones, on the same axes limits.
+
+    Args:
+        samples: points (B, 2), or {panel title: points (B, 2)} (at most five sets: three panels per row).
+        data: the data points (N, 2), drawn black in the first panel and faint grey behind the samples.
+        extent: common axes limits; default: the box holding the data and 99 % of every sample set.
+        colors: {panel title: colour} for the samples (default: the colour cycle).
+
+    Returns:
+        ``(fig, axes)``.
+    """
+    sets = {"samples": samples} if not isinstance(samples, Mapping) else dict(samples)
+    if not sets:
+        raise ValueError("samples must hold at least one set of points")
+    d = _points(data, "data").reshape(-1, 2)
+    arrays = {title: _points(p, f"samples[{title!r}]").reshape(-1, 2) for title, p in sets.items()}
+    if extent is None:
+        inner = [data_extent(p, margin=0.0, quantile=0.005) for p in arrays.values()]
+        corners = [np.array([[e[0], e[2]], [e[1], e[3]]]) for e in inner]
+        extent = data_extent(d, *corners, margin=0.05)
+    extent = _check_extent(extent)
+    fig, axes = panel_grid(len(arrays) + 1)
+    plot_samples(d, ax=axes[0], title=f"{data_title} ({len(d)} points)", extent=extent, s=s, color="black")
+    for k, (ax, (title, p)) in enumerate(zip(axes[1:], arrays.items())):
+        color = (colors or {}).get(title, f"C{k}")
+        ax.scatter(d[:, 0], d[:, 1], s=s, color="0.8", zorder=0)
+        plot_samples(p, ax=ax, title=f"{title} ({len(p)} points)", extent=extent, s=s, color=color)
+    return fig, axes
+
+
+def plot_error_vs_cost(
+    curves: Mapping[str, tuple[ArrayLike | Sequence[float], ArrayLike | Sequence[float]]],
+    ax: plt.Axes | None = None,
+    xlabel: str = "NFE (field evaluations)",
+    ylabel: str = "error",
+    title: str | None = None,
+    fit_last: int | None = None,
+    colors: Mapping[str, str] | None = None,
+) -> plt.Axes:
+    """Error against cost on log-log axes, one curve per method, each with its own marker; legend outside.
+
+    Args:
+        curves: {method name: (cost, error)}, positive 1D sequences of equal length.
+        fit_last: if given, fit :func:`loglog_slope` to each curve's last ``fit_last`` points, draw the fit
+            dashed and put the slope in the legend.
+        colors: {method: colour} (default: the colour cycle, in order).
+
+    Returns:
+        The axes. The legend sits to the right of the axes, off the data.
+
+    Raises:
+        ValueError: no curves, or a curve with non-positive values or unequal lengths.
+    """
+    if not isinstance(curves, Mapping) or not curves:
+        raise ValueError("curves must be a non-empty mapping {method: (cost, error)}")
+    if ax is None:
+        ax = plt.subplots(figsize=(6.5, 4), layout="constrained")[1]
+    for k, (name, (cost, err)) in enumerate(curves.items()):
+        c = np.asarray(_np(cost) if isinstance(cost, Tensor) else cost, float)
+        e = np.asarray(_np(err) if isinstance(err, Tensor) else err, float)
+        loglog_slope(c, e) if len(c) >= 2 else None  # validates shapes and signs
+        color = (colors or {}).get(name, f"C{k % 10}")
+        label = name
+        if fit_last is not None:
+            m = check_int(fit_last, "fit_last", low=2)
+            slope = loglog_slope(c[-m:], e[-m:])
+            icpt = np.mean(np.log(e[-m:]) - slope * np.log(c[-m:]))
+            ax.plot(c[-m:], np.exp(icpt) * c[-m:] ** slope, "--", color="black", lw=0.8)
+            label = f"{name}: slope {slope:.2f}"
+        ax.plot(c, e, marker=MARKERS[k % len(MARKERS)], color=color, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return ax
+
+
 def plot_vector_field(
     v: Callable[[Tensor, Tensor], Tensor],
     t: float,
@@ -222,54 +626,241 @@ def plot_trajectories(
     extent: Extent | None = (-3, 3, -3, 3),
     n: int = 200,
     alpha: float = 0.3,
+    legend: bool = True,
 ) -> plt.Axes:
     """Paths of the first n particles of a trajectory of shape (T, B, 2).
 
-    The start (t = 0, noise) is drawn in black, the end (data) in orange, paths in grey.
+    The start (t = 0, noise) is drawn in black, the end (data) in orange, paths in grey; the
+    legend sits above the axes, off the data (``legend=False`` leaves it out).
     """
     ax = _axes(ax)
     p = _np(traj)[:, :n]
     ax.plot(p[:, :, 0], p[:, :, 1], color="0.5", alpha=alpha, lw=0.8)
     ax.scatter(p[0, :, 0], p[0, :, 1], s=4, c="black", label="start", zorder=3)
     ax.scatter(p[-1, :, 0], p[-1, :, 1], s=4, c="tab:orange", label="end", zorder=3)
-    ax.legend(loc="upper right", markerscale=3)
     _label(ax, title, extent)
+    if legend:
+        ax.legend(
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0 if not title else 1.08),
+            ncols=2,
+            markerscale=3,
+            frameon=False,
+            borderaxespad=0.2,
+        )
     return ax
 
 
+def start_colors(x0: ArrayLike, cmap: str = "hsv") -> np.ndarray:
+    """An RGBA colour per particle from where it starts: the angle of x0 around the particles' mean.
+
+    Particles that start on the same side of the noise cloud share a hue, so one can follow where
+    each region of the source ends up. Shape (B, 4) for x0 of shape (B, 2).
+    """
+    p = _points(x0, "x0").reshape(-1, 2)
+    c = p - p.mean(axis=0)
+    angle = (np.arctan2(c[:, 1], c[:, 0]) + np.pi) / (2 * np.pi)
+    return plt.get_cmap(cmap)(angle)
+
+
+def _trajectories(traj: object) -> dict[str, np.ndarray]:
+    sets = dict(traj) if isinstance(traj, Mapping) else {"": traj}
+    if not sets:
+        raise ValueError("traj must hold at least one trajectory")
+    out = {}
+    for title, p in sets.items():
+        arr = _points(p, "traj" if title == "" else f"traj[{title!r}]")
+        if arr.ndim != 3:
+            raise ValueError(f"a trajectory must have shape (T, B, 2); got shape {arr.shape}")
+        out[str(title)] = arr
+    if len({a.shape[0] for a in out.values()}) != 1:
+        raise ValueError(
+            f"the trajectories must have the same number of states T; got {[a.shape for a in out.values()]}"
+        )
+    return out
+
+
+def plot_flow_paths(
+    traj: ArrayLike | Mapping[str, ArrayLike],
+    target: ArrayLike | None = None,
+    extent: Extent | None = None,
+    n: int = 300,
+    title: str | None = None,
+    axes: Sequence[plt.Axes] | None = None,
+) -> list[plt.Axes]:
+    """Paths of particles coloured by where they start (:func:`start_colors`), with the target data faint.
+
+    Args:
+        traj: a trajectory (T, B, 2), or {panel title: trajectory} for panels side by side (at most 3
+            per row; with the same x0 the colours match across panels).
+        target: data points (N, 2) drawn faintly in grey behind the paths.
+        extent: axes limits (default: the box holding every path and the target).
+        n: number of particles drawn (the first n).
+        title: title of a single panel (with a dict the keys are the titles).
+        axes: where to draw (one per trajectory); default a new :func:`panel_grid`.
+
+    Returns:
+        The list of axes.
+    """
+    trajs = {k: v[:, : check_int(n, "n")] for k, v in _trajectories(traj).items()}
+    extras = [] if target is None else [_points(target, "target").reshape(-1, 2)]
+    extent = data_extent(*trajs.values(), *extras) if extent is None else _check_extent(extent)
+    if axes is None:
+        axes = panel_grid(len(trajs), panel_height=min(3.6, MAX_FIGURE_WIDTH / min(len(trajs), 3)))[1]
+    for ax, (name, p) in zip(axes, trajs.items()):
+        if extras:
+            ax.scatter(extras[0][:, 0], extras[0][:, 1], s=2, color="0.75", zorder=0, rasterized=True)
+        colors = start_colors(p[0])
+        segments = np.stack([p[:-1], p[1:]], axis=2).transpose(1, 0, 2, 3).reshape(-1, 2, 2)
+        ax.add_collection(LineCollection(segments, colors=np.repeat(colors, p.shape[0] - 1, axis=0), lw=0.7, alpha=0.6))
+        ax.scatter(p[0, :, 0], p[0, :, 1], s=5, c=colors, edgecolors="none", zorder=3)
+        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=7, c=colors, edgecolors="black", linewidths=0.3, zorder=4)
+        _label(ax, name or title, extent)
+    return list(axes)
+
+
 def animate_flow(
-    traj: Tensor | np.ndarray,
+    traj: ArrayLike | Mapping[str, ArrayLike],
     times: Tensor | np.ndarray | None = None,
-    extent: Extent = (-3, 3, -3, 3),
+    extent: Extent | None = None,
     frames: int = 40,
     interval: int = 80,
     title: str = "particles flowing",
+    *,
+    target: ArrayLike | None = None,
+    trail: int = 6,
+    colors: ArrayLike | None = None,
+    s: float = 6.0,
 ) -> FuncAnimation:
-    """Animate particles of a trajectory of shape (T, B, 2); returns a matplotlib ``FuncAnimation``.
+    """Animate particles of a trajectory (T, B, 2), or of several side by side; returns a ``FuncAnimation``.
 
-    In a notebook, show it with ``IPython.display.HTML(anim.to_jshtml())``.
+    Each particle keeps the colour of where it started (:func:`start_colors`) and draws a short
+    trail of its last positions; the target data are drawn faintly behind, so one sees which part
+    of the noise goes to which part of the data. In a notebook show it with :func:`show_animation`
+    (no CDN needed).
 
     Args:
-        traj: states, shape (T, B, 2).
+        traj: states, shape (T, B, 2); or {panel title: trajectory} for panels side by side (e.g.
+            conditional against marginal paths, independent against OT pairs); all with the same T.
         times: the T times (defaults to linspace(0, 1, T)), shown in the title.
+        extent: axes limits; default: the box holding every state of every panel and the target.
         frames: number of frames (evenly spaced states) to keep.
         interval: milliseconds between frames.
+        title: the figure title, followed by ", t = ...".
+        target: data points (N, 2) drawn faintly (grey) in every panel.
+        trail: number of previous frames each particle's trail spans (0: no trail).
+        colors: per-particle colours, shape (B, 3) or (B, 4) RGB(A) (default: by starting angle).
+        s: marker size of the particles.
+
+    Raises:
+        ValueError: a trajectory not of shape (T, B, 2), panels with different T, ``times`` not of
+            length T, or ``frames``/``trail`` out of range.
+        TypeError: ``traj`` is not an array, tensor or mapping of them.
     """
-    p = _np(traj)
-    ts = np.linspace(0, 1, p.shape[0]) if times is None else _np(times)
-    keep = np.unique(np.linspace(0, p.shape[0] - 1, min(frames, p.shape[0])).round().astype(int))
-    fig, ax = plt.subplots(figsize=(4, 4))
-    scat = ax.scatter(p[0, :, 0], p[0, :, 1], s=3)
-    _label(ax, f"{title}, t = {ts[0]:.2f}", extent)
+    trajs = _trajectories(traj)
+    n_states = next(iter(trajs.values())).shape[0]
+    ts = np.linspace(0, 1, n_states) if times is None else _np(times).reshape(-1)
+    if len(ts) != n_states:
+        raise ValueError(f"times must hold T = {n_states} values; got {len(ts)}")
+    frames = check_int(frames, "frames")
+    trail = check_int(trail, "trail", low=0)
+    tgt = None if target is None else _points(target, "target").reshape(-1, 2)
+    extent = data_extent(*trajs.values(), *([] if tgt is None else [tgt])) if extent is None else _check_extent(extent)
+    keep = np.unique(np.linspace(0, n_states - 1, min(frames, n_states)).round().astype(int))
+
+    npanel = len(trajs)
+    ncols = min(npanel, 3)
+    nrows = math.ceil(npanel / ncols)
+    aspect = (extent[3] - extent[2]) / (extent[1] - extent[0])
+    width = min(MAX_FIGURE_WIDTH, 3.9 * ncols)
+    height = nrows * (min((width / ncols - 0.75) * aspect, 4.5) + 1.1) + 0.45
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained")
+    axes = list(grid.ravel())
+    for ax in axes[npanel:]:
+        ax.remove()
+    artists = []
+    for ax, (name, p) in zip(axes, trajs.items()):
+        cols = (
+            start_colors(p[0]) if colors is None else np.asarray(_np(colors) if isinstance(colors, Tensor) else colors)
+        )
+        if tgt is not None:
+            ax.scatter(tgt[:, 0], tgt[:, 1], s=2, color="0.8", zorder=0)
+        lines = LineCollection([], colors=cols, lw=0.8, alpha=0.5, zorder=1)
+        ax.add_collection(lines)
+        scat = ax.scatter(p[0, :, 0], p[0, :, 1], s=s, c=cols, edgecolors="none", zorder=2)
+        _label(ax, name or None, extent)
+        artists.append((p, lines, scat))
+    head = fig.suptitle(f"{title}, t = {ts[keep[0]]:.2f}")
 
     def update(i: int):
-        scat.set_offsets(p[keep[i]])
-        ax.set_title(f"{title}, t = {ts[keep[i]]:.2f}")
-        return (scat,)
+        for p, lines, scat in artists:
+            scat.set_offsets(p[keep[i]])
+            if trail:
+                past = p[keep[max(0, i - trail) : i + 1]]  # (k, B, 2)
+                lines.set_segments(list(past.transpose(1, 0, 2)) if len(past) > 1 else [])
+        head.set_text(f"{title}, t = {ts[keep[i]]:.2f}")
+        return [a for _, lines, scat in artists for a in (lines, scat)] + [head]
 
+    fig.canvas.draw()  # lay out once (labels inside the figure), then freeze the layout for every frame
+    fig.set_layout_engine("none")
     anim = FuncAnimation(fig, update, frames=len(keep), interval=interval, blit=False)
     plt.close(fig)
     return anim
+
+
+# matplotlib's JavaScript player (to_jshtml) links Font Awesome 4 from a CDN for its button icons.
+# Its buttons get text symbols instead (any font has them), so the page needs nothing from outside.
+_FA_LINK = re.compile(r"<link[^>]*font-awesome[^>]*>\s*", re.IGNORECASE | re.DOTALL)
+_FA_ICONS = {
+    "fa fa-minus": "\u2212",
+    "fa fa-fast-backward": "|\u25c0\ufe0e\u25c0\ufe0e",
+    "fa fa-step-backward": "|\u25c0\ufe0e",
+    "fa fa-play fa-flip-horizontal": "\u25c0\ufe0e",
+    "fa fa-pause": "\u275a\u275a",
+    "fa fa-play": "\u25b6\ufe0e",
+    "fa fa-step-forward": "\u25b6\ufe0e|",
+    "fa fa-fast-forward": "\u25b6\ufe0e\u25b6\ufe0e|",
+    "fa fa-plus": "+",
+}
+_FA_ICON = re.compile(r'<i class="(fa [^"]*)"></i>')
+
+
+def animation_html(anim: FuncAnimation, default_mode: str = "loop", dpi: float = 100.0) -> str:
+    """The animation as self-contained HTML (frames embedded as PNGs), loading nothing from outside.
+
+    matplotlib's ``to_jshtml`` player, with its Font Awesome link (a CDN) removed and its icon
+    buttons given text symbols; the frame image is limited to the width of the page's column.
+    Frames are drawn at ``dpi`` (recorded in the image's ``data-dpi`` attribute, since the
+    embedded PNGs carry no resolution chunk); the pixels per point on screen do not depend on it
+    once the frame is wider than the column.
+
+    Raises:
+        ValueError: ``default_mode`` not one of "loop", "once", "reflect", or an icon this function
+            does not know (a changed matplotlib template).
+    """
+    if default_mode not in ("loop", "once", "reflect"):
+        raise ValueError(f"default_mode must be 'loop', 'once' or 'reflect'; got {default_mode!r}")
+    if not dpi > 0:
+        raise ValueError(f"dpi must be > 0; got {dpi}")
+    with plt.rc_context({"savefig.dpi": dpi}):
+        html = _FA_LINK.sub("", anim.to_jshtml(default_mode=default_mode))
+
+    def icon(match: re.Match) -> str:
+        if match.group(1) not in _FA_ICONS:
+            raise ValueError(f"unknown Font Awesome icon in matplotlib's player: {match.group(1)!r}")
+        return f'<span class="anim-icon">{_FA_ICONS[match.group(1)]}</span>'
+
+    html = _FA_ICON.sub(icon, html)
+    return html.replace(
+        '<img id="_anim_img', f'<img style="max-width: 100%; height: auto;" data-dpi="{dpi:g}" id="_anim_img'
+    )
+
+
+def show_animation(anim: FuncAnimation, default_mode: str = "loop", dpi: float = 100.0):
+    """Display an animation in a notebook without a CDN: ``IPython.display.HTML`` of :func:`animation_html`."""
+    from IPython.display import HTML
+
+    return HTML(animation_html(anim, default_mode=default_mode, dpi=dpi))
 
 
 def image_grid(images: Tensor, nrow: int, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
