@@ -1,16 +1,24 @@
 """Time and peak extra memory of EmpiricalMarginal.velocity for n queries against n data points in 2D.
 
-Each size runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
-Usage: python benchmarks/marginal.py [--sizes 1000 10000 100000] [--dtype float32] [--out FILE.json]
+Each size runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own.
+
+Usage (from the repository root):
+    python benchmarks/marginal.py                       # sizes 1e3, 1e4, 1e5 (about two minutes on one thread)
+    python benchmarks/marginal.py --smoke --out /tmp/marginal_smoke.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/marginal.py`: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness  # noqa: E402
 
 CHILD = r"""
 import resource, sys, time, json, torch, fmlib
@@ -32,38 +40,43 @@ print(json.dumps({"n": n, "seconds": seconds, "extra_peak_mb": (after - before) 
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Config:
+    sizes: tuple[int, ...] = (1000, 10_000, 100_000)
+    dtype: str = "float32"
+
+    @classmethod
+    def smoke(cls) -> Config:
+        return cls(sizes=(100, 1000))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = harness.parser(__doc__, default_out="marginal.json")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="override the sizes")
+    parser.add_argument("--dtype", default=None, help="float32 (default) or float64")
+    args = parser.parse_args(argv)
+    if args.smoke and args.out == str(harness.RESULTS / "marginal.json"):
+        args.out = str(harness.RESULTS / "marginal_smoke.json")  # a smoke run never overwrites the full results
+    cfg = Config.smoke() if args.smoke else Config()
+    cfg = Config(sizes=tuple(args.sizes or cfg.sizes), dtype=args.dtype or cfg.dtype)
+    log = harness.logger(args.quiet)
+    result = harness.new_result("marginal", cfg, args, argv=argv)
     rows = []
-    for n in args.sizes:
+    for n in cfg.sizes:
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(n), args.dtype, str(args.threads)],
+            [sys.executable, "-c", CHILD, str(n), cfg.dtype, str(args.threads)],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    import torch
-
-    meta = {
-        "machine": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "dtype": args.dtype,
-    }
-    print(f"EmpiricalMarginal.velocity, n queries x n data points, 2D, {args.dtype}, {args.threads} threads")
-    print("| n | time (s) | extra peak memory (MB) |\n|---|---|---|")
+    result["rows"] = rows
+    log(f"EmpiricalMarginal.velocity, n queries x n data points, 2D, {cfg.dtype}, {args.threads} thread(s)")
+    log("| n | time (s) | extra peak memory (MB) |\n|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['seconds']:.3f} | {r['extra_peak_mb']:.0f} |")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        log(f"| {r['n']:,} | {r['seconds']:.3f} | {r['extra_peak_mb']:.0f} |")
+    log(f"wrote {harness.save(result, args.out)}")
+    return result
 
 
 if __name__ == "__main__":

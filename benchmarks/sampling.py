@@ -1,7 +1,8 @@
 """What sampling and likelihoods cost: wall time and NFE at matched error, on the model of chapter 5.
 
-Model: the two-moons model of ``book/05_sampling.ipynb``: ``fmlib.MLP(2, hidden=128, depth=3)`` trained with the CFM
-loss on ``fmlib.GaussianPath()`` (sigma_min = 0), 20,000 training points, 2500 Adam steps, batch 256, lr 3e-3, seed 0.
+Model: the two-moons model of ``book/05_sampling.ipynb``, built by running the chapter's own training cell (the code
+cell that contains ``model = fmlib.MLP(``), so that the benchmark and the chapter cannot drift apart; ``--smoke``
+runs the same cell with fewer training steps. The cell's source is stored in the result.
 
 Sampling at matched error. n_samples noise points (default 10,000) are pushed from t = 0 to t = 1 in float32, the way a
 user samples, under ``torch.no_grad()``. The error of a run is the mean Euclidean distance, over its first n_ref
@@ -25,77 +26,124 @@ warm-up round): wall time, forward evaluations, and the RMS difference of the tw
 The machine's cores may be shared with other work: the timings are medians, and the NFE, which does not depend on
 the load, is reported beside them.
 
-Usage:
-    python benchmarks/sampling.py                      # about 10 minutes on 2 shared cores
+Usage (from the repository root):
+    python benchmarks/sampling.py                      # about 5-10 minutes on 2 shared cores
     python benchmarks/sampling.py --smoke --out /tmp/sampling_smoke.json   # < 1 minute
 """
 
 from __future__ import annotations
 
-import argparse
+import ast
+import contextlib
 import copy
-import datetime
+import io
 import json
 import math
-import platform
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import fmlib
+if __package__ in (None, ""):  # run as `python benchmarks/sampling.py`: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import fmlib  # noqa: E402
+from benchmarks import harness  # noqa: E402
+
+CHAPTER = harness.ROOT / "book" / "05_sampling.ipynb"
+MODEL_MARKER = "model = fmlib.MLP("
 FIXED = ("euler", "midpoint", "heun", "rk4")
-TOL_LADDER = [10 ** (-k / 2) for k in range(2, 17)]  # 1e-1 ... 1e-8
-
-FULL = dict(
-    n_samples=10_000,
-    n_ref=1000,
-    targets=[1e-2, 1e-3, 1e-4],
-    max_steps=4096,
-    ref_steps=512,
-    train_steps=2500,
-    ll_steps=10,
-    repeats=3,
-)
-SMOKE = dict(
-    n_samples=1000, n_ref=200, targets=[1e-2], max_steps=256, ref_steps=128, train_steps=300, ll_steps=4, repeats=1
-)
+TOL_LADDER = tuple(10 ** (-k / 2) for k in range(2, 17))  # 1e-1 ... 1e-8
 
 
-def train_model(train_steps: int, device: torch.device) -> torch.nn.Module:
-    """The model of chapter 5 (same data, seeds and hyper-parameters)."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    data = fmlib.two_moons(20_000, generator=gen, device=device)
-    torch.manual_seed(0)
-    model = fmlib.MLP(2, hidden=128, depth=3).to(device)
-    fmlib.train(
-        model, fmlib.GaussianPath(), data, steps=train_steps, batch_size=256, lr=3e-3, generator=gen, progress=False
-    )
+@dataclass(frozen=True)
+class Config:
+    """A run of the sampling benchmark (the defaults are the full run; ``train_steps=None``: the chapter's own)."""
+
+    n_samples: int = 10_000
+    n_ref: int = 1000
+    targets: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
+    max_steps: int = 4096
+    ref_steps: int = 512
+    train_steps: int | None = None
+    ll_steps: int = 10
+    repeats: int = 3
+    tolerance_ladder: tuple[float, ...] = TOL_LADDER
+
+    @classmethod
+    def smoke(cls) -> Config:
+        """A tiny run that exercises every code path (seconds, not minutes)."""
+        return cls(
+            n_samples=500,
+            n_ref=100,
+            targets=(3e-2,),
+            max_steps=64,
+            ref_steps=64,
+            train_steps=100,
+            ll_steps=2,
+            repeats=1,
+        )
+
+
+def chapter_training_cell(notebook: Path = CHAPTER) -> str:
+    """The source of the chapter's code cell that builds and trains ``model``."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    found = ["".join(c["source"]) for c in cells if c["cell_type"] == "code" and MODEL_MARKER in "".join(c["source"])]
+    if len(found) != 1:
+        raise ValueError(f"{notebook} must have exactly one code cell with {MODEL_MARKER!r}, found {len(found)}")
+    return found[0]
+
+
+class _TrainSteps(ast.NodeTransformer):
+    """Set the ``steps=`` keyword of every ``fmlib.train(...)`` call."""
+
+    def __init__(self, steps: int):
+        self.steps, self.replaced = steps, 0
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "train":
+            for kw in node.keywords:
+                if kw.arg == "steps":
+                    kw.value = ast.Constant(self.steps)
+                    self.replaced += 1
+        return node
+
+
+def chapter_model(device: torch.device, train_steps: int | None = None) -> tuple[torch.nn.Module, str]:
+    """Run chapter 5's training cell (its prints swallowed) and return its frozen ``model`` and the cell's source.
+
+    ``train_steps`` replaces the ``steps=`` of the cell's ``fmlib.train`` call (None: the chapter's own).
+    """
+    source = chapter_training_cell()
+    tree = ast.parse(source)
+    if train_steps is not None:
+        edit = _TrainSteps(train_steps)
+        tree = ast.fix_missing_locations(edit.visit(tree))
+        if edit.replaced != 1:
+            raise ValueError(
+                f"expected one fmlib.train(..., steps=...) call in the chapter's cell, found {edit.replaced}"
+            )
+    namespace = {"torch": torch, "np": np, "fmlib": fmlib, "device": device}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(tree, f"{CHAPTER.name} (training cell)", "exec"), namespace)
+    model = namespace["model"]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model
+    return model, source
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median wall time of fn() after one warm-up run (a single timed run when one run takes over 5 s)."""
-    start = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - start
-    if first > 5.0 or repeats < 1:
-        return first, out
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def nfe_per_step(method: str) -> int:
+    """Field evaluations per step of a fixed-step method, counted on one step of a constant field."""
+    counter = fmlib.NFECounter(lambda x, t: torch.zeros_like(x))
+    fmlib.integrate(counter, torch.zeros(1, 1), steps=1, method=method)
+    return counter.nfe
 
 
 def counted(counter: fmlib.NFECounter, fn, x: torch.Tensor, **kwargs):
@@ -109,30 +157,27 @@ def counted(counter: fmlib.NFECounter, fn, x: torch.Tensor, **kwargs):
     return fn(counter, x, **kwargs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a tiny configuration, to check that the script runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as in the chapter)")
-    parser.add_argument("--out", default=str(RESULTS / "sampling.json"))
-    args = parser.parse_args()
-    cfg = SMOKE if args.smoke else FULL
+def main(argv: list[str] | None = None) -> dict:
+    args = harness.parser(__doc__, default_out="sampling.json").parse_args(argv)
+    if args.smoke and args.out == str(harness.RESULTS / "sampling.json"):
+        args.out = str(harness.RESULTS / "sampling_smoke.json")  # a smoke run never overwrites the full results
+    cfg = Config.smoke() if args.smoke else Config()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+    result = harness.new_result("sampling", cfg, args, libraries=("torchdiffeq",), device=device.type, argv=argv)
+    log = harness.logger(args.quiet)
 
-    t_start = time.perf_counter()
-    model = train_model(cfg["train_steps"], device)
+    model, cell = chapter_model(device, cfg.train_steps)
     model64 = copy.deepcopy(model).double()
     gen = torch.Generator(device=device).manual_seed(1)
-    noise = torch.randn(cfg["n_samples"], 2, generator=gen, device=device)
-    n_ref = cfg["n_ref"]
+    noise = torch.randn(cfg.n_samples, 2, generator=gen, device=device)
+    n_ref = cfg.n_ref
 
     with torch.no_grad():
         z64 = noise[:n_ref].double()
-        ref = fmlib.integrate(model64, z64, steps=cfg["ref_steps"], method="rk4")
+        ref = fmlib.integrate(model64, z64, steps=cfg.ref_steps, method="rk4")
         ref_dopri, _ = fmlib.integrate_adaptive(model64, z64, method="dopri5", rtol=1e-10, atol=1e-10)
     ref_gap = (ref - ref_dopri).norm(dim=1).mean().item()
-    print(f"reference: RK4 {cfg['ref_steps']} steps vs dopri5 tol 1e-10 (float64): mean gap {ref_gap:.1e}")
+    log(f"reference: RK4 {cfg.ref_steps} steps vs dopri5 tol 1e-10 (float64): mean gap {ref_gap:.1e}")
 
     def error(x: torch.Tensor) -> float:
         return (x[:n_ref].double() - ref).norm(dim=1).mean().item()
@@ -150,7 +195,7 @@ def main() -> None:
         n = 1
         while fixed_error(method, n) > target:
             n *= 2
-            if n > cfg["max_steps"]:
+            if n > cfg.max_steps:
                 return None
         lo, hi = n // 2, n  # lo fails (or is 0), hi passes
         while hi - lo > 1:
@@ -172,23 +217,23 @@ def main() -> None:
         return dopri[tol]
 
     rows = []
-    for target in cfg["targets"]:
+    for target in cfg.targets:
         for method in FIXED:
             n = smallest_steps(method, target)
             row = {"target": target, "method": method, "setting": None, "nfe": None, "error": None, "seconds": None}
             if n is not None:
                 counter = fmlib.NFECounter(model)
                 with torch.no_grad():
-                    seconds, x = timed(
-                        partial(counted, counter, fmlib.integrate, noise, steps=n, method=method), cfg["repeats"]
+                    seconds, x = harness.timed(
+                        partial(counted, counter, fmlib.integrate, noise, steps=n, method=method), cfg.repeats
                     )
-                assert counter.nfe == n * fmlib.NFE_PER_STEP[method], (counter.nfe, method, n)
+                assert counter.nfe == n * nfe_per_step(method), (counter.nfe, method, n)
                 row.update(setting=f"N = {n}", steps=n, nfe=counter.nfe, error=error(x), seconds=seconds)
             rows.append(row)
-            print(row)
+            log(str(row))
         row = {"target": target, "method": "dopri5", "setting": None, "nfe": None, "error": None, "seconds": None}
-        tol = next((t for t in TOL_LADDER if dopri_run(t)[0] <= target), None)
-        if tol is not None and tol < TOL_LADDER[0]:
+        tol = next((t for t in cfg.tolerance_ladder if dopri_run(t)[0] <= target), None)
+        if tol is not None and tol < cfg.tolerance_ladder[0]:
             # refine between the last failing and the first passing tolerance: bisection in log10(tol)
             hi, lo = math.log10(tol * 10**0.5), math.log10(tol)  # hi fails, lo passes
             for _ in range(3):
@@ -201,18 +246,18 @@ def main() -> None:
         if tol is not None:
             counter = fmlib.NFECounter(model)
             with torch.no_grad():
-                seconds, (x, nfe) = timed(
+                seconds, (x, nfe) = harness.timed(
                     partial(counted, counter, fmlib.integrate_adaptive, noise, method="dopri5", rtol=tol, atol=tol),
-                    cfg["repeats"],
+                    cfg.repeats,
                 )
             assert nfe == counter.nfe, (nfe, counter.nfe)
             row.update(setting=f"tol = {tol:.1e}", tol=tol, nfe=nfe, error=error(x), seconds=seconds)
         rows.append(row)
-        print(row)
+        log(str(row))
 
     # ---- likelihoods ----
     gen_data = torch.Generator(device=device).manual_seed(2)
-    x_data = fmlib.two_moons(cfg["n_samples"], generator=gen_data, device=device)
+    x_data = fmlib.two_moons(cfg.n_samples, generator=gen_data, device=device)
     # the two are timed in alternation (a warm-up round, then `repeats` rounds), so that a change in the load of a
     # shared machine hits both alike
     counters = {d: fmlib.NFECounter(model) for d in ("exact", "hutchinson")}
@@ -222,7 +267,7 @@ def main() -> None:
             counters[d],
             fmlib.log_likelihood,
             x_data,
-            steps=cfg["ll_steps"],
+            steps=cfg.ll_steps,
             method="rk4",
             divergence=d,
             probes=1,
@@ -233,27 +278,27 @@ def main() -> None:
     times: dict[str, list[float]] = {d: [] for d in calls}
     outputs: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for _ in range(max(1, cfg["repeats"]) + 1):
+        for _ in range(max(1, cfg.repeats) + 1):
             for d, call in calls.items():
                 start = time.perf_counter()
                 outputs[d] = call()
                 times[d].append(time.perf_counter() - start)
     ll = {}
     for d in calls:
-        assert counters[d].nfe == 4 * cfg["ll_steps"], counters[d].nfe
+        assert counters[d].nfe == nfe_per_step("rk4") * cfg.ll_steps, counters[d].nfe
         ll[d] = {
             "seconds": statistics.median(times[d][1:]),
             "nfe": counters[d].nfe,
             "mean_log_likelihood": outputs[d].mean().item(),
             "_lp": outputs[d],
         }
-        print(d, times[d])
+        log(f"{d}: {times[d]}")
     rms = (ll["hutchinson"].pop("_lp") - ll["exact"].pop("_lp")).pow(2).mean().sqrt().item()
     ll["hutchinson"]["rms_difference_to_exact"] = rms
 
     # ---- report ----
     lines = [
-        f"Sampling {cfg['n_samples']:,} points (float32, {device.type}, {torch.get_num_threads()} thread(s)); "
+        f"Sampling {cfg.n_samples:,} points (float32, {device.type}, {torch.get_num_threads()} thread(s)); "
         f"error = mean distance to the reference at t = 1 over {n_ref} points.",
         "",
         "| target error | method | setting | NFE | error | wall time (s) | ms per NFE |",
@@ -261,7 +306,7 @@ def main() -> None:
     ]
     for r in rows:
         if r["nfe"] is None:
-            limit = f"N > {cfg['max_steps']}" if r["method"] in FIXED else "tol < 1e-8"
+            limit = f"N > {cfg.max_steps}" if r["method"] in FIXED else "tol < 1e-8"
             lines.append(f"| {r['target']:.0e} | {r['method']} | not reached ({limit}) | | | | |")
         else:
             lines.append(
@@ -270,8 +315,8 @@ def main() -> None:
             )
     lines += [
         "",
-        f"log_likelihood of {cfg['n_samples']:,} data points, RK4 with {cfg['ll_steps']} steps "
-        f"({4 * cfg['ll_steps']} forward evaluations):",
+        f"log_likelihood of {cfg.n_samples:,} data points, RK4 with {cfg.ll_steps} steps "
+        f"({nfe_per_step('rk4') * cfg.ll_steps} forward evaluations):",
         "",
         "| divergence | wall time (s) | mean log-likelihood | RMS difference to exact |",
         "|---|---|---|---|",
@@ -281,38 +326,15 @@ def main() -> None:
         f"{ll['hutchinson']['mean_log_likelihood']:.3f} | {rms:.3f} |",
     ]
     table = "\n".join(lines)
-    print()
-    print(table)
+    log("")
+    log(table)
 
-    result = {
-        "benchmark": "sampling",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": {
-            **cfg,
-            "smoke": args.smoke,
-            "threads": torch.get_num_threads(),
-            "device": device.type,
-            "tolerance_ladder": TOL_LADDER,
-        },
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "fmlib": fmlib.__version__,
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-        },
-        "reference_gap": ref_gap,
-        "sampling": rows,
-        "likelihood": ll,
-        "table_markdown": table,
-        "total_seconds": time.perf_counter() - t_start,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"\nwrote {out}")
+    result["config"]["model"] = "the model of book/05_sampling.ipynb, built by its training cell (model_cell)"
+    result["model_cell"] = cell
+    result.update(reference_gap=ref_gap, sampling=rows, likelihood=ll, table_markdown=table)
+    log(f"\nwrote {harness.save(result, args.out)}")
+    return result
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -1,21 +1,32 @@
-"""The 2D library comparison runs end to end (benchmarks/compare_2d.py --smoke) and writes a complete JSON.
+"""The benchmarks run end to end (each script's --smoke), write one metadata format, and the stored results and
+figures stay consistent with the code.
 
 Needs torchcfm and flow_matching: `make test` installs them with --no-deps from benchmarks/requirements.txt
-(a missing install fails here, loudly). The full benchmark (`make bench`) is not part of the tests.
+(a missing install fails here, loudly). The full benchmarks (`make bench`) are not part of the tests.
 """
 
+import ast
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import flow_matching  # noqa: F401  (fail, not skip, when the benchmark's libraries are missing)
+import matplotlib
 import pytest
 import torchcfm  # noqa: F401
 
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-LIBS = ("fmlib", "torchcfm", "flow_matching")
+sys.path.insert(0, str(ROOT))
+from benchmarks import compare_2d, figures, harness, sampling  # noqa: E402
+from fmlib.plotting import MAX_FIGURE_WIDTH  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("fmlib_independent", "torchcfm_independent", "flow_matching_independent", "fmlib_ot", "torchcfm_ot")
 NFE = ("1", "2", "4", "8", "100")
 
@@ -32,49 +43,35 @@ def _numbers(obj, where="result"):
         yield where, obj
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
+def run_smoke(script: str, out: Path, *extra: str) -> dict:
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "compare_2d.py"),
-            "--smoke",
-            "--quiet",
-            "--out",
-            str(out / "smoke.json"),
-            "--figures-dir",
-            str(out),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--smoke", "--quiet", "--out", str(out), *extra],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "smoke.json").read_text()), out
+    return harness.load(out)
 
 
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return run_smoke("compare_2d", out / "smoke.json", "--figures-dir", str(out)), out
+
+
+# ------------------------------------------------------------------------------------------------ compare_2d
 def test_smoke_json_has_metadata_and_config(smoke):
     result, _ = smoke
-    for key in (
-        "cpu",
-        "date",
-        "python",
-        "torch",
-        "fmlib",
-        "torchcfm",
-        "flow_matching",
-        "pot",
-        "scipy",
-        "torch_threads",
-        "wall_seconds",
-    ):
-        assert key in result["meta"], key
-    assert result["meta"]["mode"] == "smoke"
+    meta = result["meta"]
+    assert meta["benchmark"] == "compare_2d" and meta["mode"] == "smoke"
+    assert meta["wall_seconds"] > 0 and meta["torch_threads"] == 1
+    assert {"python", "torch", "numpy", "fmlib", "torchcfm", "flow_matching", "ot", "scipy"} <= set(meta["versions"])
     for key in ("seeds", "tasks", "steps_independent", "steps_ot", "batch_size", "n_eval", "nfe", "lr"):
         assert key in result["config"], key
     assert result["config"]["batch_size"] == 512
+    assert compare_2d.Config.from_dict(result["config"]) == compare_2d.Config.smoke()
 
 
 def test_smoke_every_number_is_finite(smoke):
@@ -123,6 +120,136 @@ def test_smoke_libraries_optimise_the_same_objective(smoke):
 
 def test_smoke_writes_the_figures(smoke):
     result, out = smoke
-    assert result["figures"]
+    assert result["figures"] == [f"smoke_{name}.png" for name in figures.COMPARE_2D]
     for name in result["figures"]:
         assert (out / name).stat().st_size > 1000, name
+
+
+# ------------------------------------------------------------------------------------------------ the other scripts
+def test_sampling_smoke_uses_chapter_5s_model_and_the_common_metadata(tmp_path):
+    result = run_smoke("sampling", tmp_path / "sampling.json")
+    assert result["meta"]["benchmark"] == "sampling" and result["meta"]["mode"] == "smoke"
+    assert result["model_cell"] == sampling.chapter_training_cell()
+    assert result["config"]["train_steps"] == sampling.Config.smoke().train_steps
+    methods = {row["method"] for row in result["sampling"]}
+    assert methods == {"euler", "midpoint", "heun", "rk4", "dopri5"}
+    for row in result["sampling"]:
+        if row["nfe"] is not None:  # a reached target: the error is at most the target
+            assert row["error"] <= row["target"], row
+    assert result["likelihood"]["exact"]["nfe"] == 4 * result["config"]["ll_steps"]  # RK4: 4 evaluations a step
+
+
+def test_marginal_smoke_writes_the_common_metadata(tmp_path):
+    result = run_smoke("marginal", tmp_path / "marginal.json")
+    assert result["meta"]["benchmark"] == "marginal"
+    assert [row["n"] for row in result["rows"]] == list(result["config"]["sizes"])
+    assert all(row["seconds"] > 0 for row in result["rows"])
+
+
+def test_chapter_cell_steps_are_replaced_in_the_fmlib_train_call():
+    tree = ast.parse("losses = fmlib.train(model, path, data, steps=2500, batch_size=256)\nother(steps=3)")
+    edit = sampling._TrainSteps(7)
+    source = ast.unparse(edit.visit(tree))
+    assert edit.replaced == 1 and "steps=7" in source and "other(steps=3)" in source
+
+
+# ------------------------------------------------------------------------------------------------ harness
+def test_mean_sd_is_the_sample_mean_and_the_n_minus_1_deviation():
+    d = harness.mean_sd([1, 2, 3, 4])
+    # sum of squared deviations from 2.5 is 5, over n - 1 = 3
+    assert d == {"mean": 2.5, "sd": pytest.approx(math.sqrt(5 / 3)), "n": 4}
+    assert harness.mean_sd([7.0]) == {"mean": 7.0, "sd": 0.0, "n": 1}
+    with pytest.raises(ValueError, match="at least one"):
+        harness.mean_sd([])
+    assert harness.format_mean_sd({"mean": 1.23456, "sd": 0.0012}, 2) == "1.23 ± 0.00"
+
+
+def test_write_json_round_trips_and_refuses_nan(tmp_path):
+    obj = {"a": [1, 2.5, [3, 4]], "b": {"c": "x", "d": [{"e": 1}]}, "f": []}
+    path = tmp_path / "x.json"
+    harness.write_json(path, obj)
+    assert json.loads(path.read_text()) == obj
+    assert '"a": [1,2.5,[3,4]]' in path.read_text()  # number lists on one line
+    with pytest.raises(ValueError, match="non-finite"):
+        harness.write_json(path, {"a": [1.0, float("nan")]})
+
+
+def test_timed_returns_the_median_after_a_warm_up():
+    calls = []
+    seconds, out = harness.timed(lambda: calls.append(1) or len(calls), repeats=3)
+    assert len(calls) == 4 and out == 4 and seconds >= 0  # one warm-up, three timed runs
+
+
+def test_save_fills_the_wall_time_and_load_checks_the_metadata(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Config:
+        n: tuple[int, ...] = (1, 2)
+
+    args = harness.parser(None, "x.json").parse_args(["--smoke"])
+    result = harness.new_result("unit", Config(), args, argv=["--smoke"])
+    assert set(result["meta"]) >= set(harness.META_KEYS) and result["config"] == {"n": [1, 2]}
+    path = harness.save(result, tmp_path / "unit.json")
+    loaded = harness.load(path)
+    assert loaded["meta"]["mode"] == "smoke" and loaded["meta"]["wall_seconds"] >= 0
+    assert "_start" not in loaded["meta"] and loaded["meta"]["command"] == "benchmarks/unit.py --smoke"
+    del loaded["meta"]["git_commit"]
+    harness.write_json(path, loaded)
+    with pytest.raises(ValueError, match="git_commit"):
+        harness.load(path)
+    with pytest.raises(TypeError, match="dataclass"):
+        harness.config_dict({"n": 1})
+
+
+# ------------------------------------------------------------------------------------------------ stored results
+@pytest.mark.parametrize("name", ["compare_2d", "sampling", "marginal"])
+def test_stored_results_share_the_metadata_format(name):
+    result = harness.load(RESULTS / f"{name}.json")
+    assert result["meta"]["benchmark"] == name and result["meta"]["mode"] == "full"
+
+
+def test_stored_compare_2d_summary_is_what_the_code_computes_from_its_runs():
+    result = harness.load(RESULTS / "compare_2d.json")
+    cfg = compare_2d.Config.from_dict(result["config"])
+    assert result["summary"] == compare_2d.summarize(result["runs"], cfg)
+    # one entry checked by hand: the all-task training ratio of the first seed, from the raw per-task seconds
+    by_seed = [r for r in result["runs"] if r["seed"] == cfg.seeds[0]]
+    ratio = sum(r["variants"]["fmlib_ot"]["seconds"] for r in by_seed) / sum(
+        r["variants"]["torchcfm_ot"]["seconds"] for r in by_seed
+    )
+    per_seed = [
+        sum(r["variants"]["fmlib_ot"]["seconds"] for r in result["runs"] if r["seed"] == s)
+        / sum(r["variants"]["torchcfm_ot"]["seconds"] for r in result["runs"] if r["seed"] == s)
+        for s in cfg.seeds
+    ]
+    assert per_seed[0] == ratio
+    assert result["summary"]["train_step_ratio"]["ot"]["fmlib/torchcfm"]["all_tasks"]["mean"] == pytest.approx(
+        statistics.fmean(per_seed), rel=1e-12
+    )
+
+
+def test_stored_results_describe_minibatch_ot_as_the_code_does():
+    result = harness.load(RESULTS / "compare_2d.json")
+    described = result["config"]["ot"]["fmlib"]
+    assert "ot.emd" in described and "fallback" in described
+    import fmlib
+
+    assert "ot.emd" in fmlib.minibatch_ot.__doc__ and "fallback" in fmlib.minibatch_ot.__doc__
+
+
+@pytest.mark.parametrize("name", list(figures.COMPARE_2D))
+def test_figures_follow_the_book_style(name):
+    figures.use_style()
+    fig = figures.COMPARE_2D[name](harness.load(RESULTS / "compare_2d.json"))
+    try:
+        assert fig.get_figwidth() <= MAX_FIGURE_WIDTH + 1e-9
+        columns = {round(ax.get_position().x0, 3) for ax in fig.axes if ax.get_visible()}
+        assert len(columns) <= 3  # at most three panels per row
+        fig.canvas.draw()
+        sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_visible()]
+        assert min(sizes) >= 9, min(sizes)
+        for ax in fig.axes:
+            assert ax.get_legend() is None  # legends go outside the panels (figure legends)
+    finally:
+        plt.close(fig)
