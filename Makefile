@@ -12,17 +12,44 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 # MathJax is served from the book itself (_config.yml: html_static_path, mathjax_path), so that the built book
 # renders its equations without a CDN; npm fetches the pinned release once (see the `mathjax` rule at the end).
+# Without npm (and without a copy fetched earlier), `make book` builds with _build/_config_cdn.yml: the same
+# configuration minus those two settings, so the pages load Sphinx's default MathJax from its CDN.
 MATHJAX_VERSION := 3.2.2
 MATHJAX_JS := _build/mathjax/mathjax/tex-mml-chtml.js
+CDN_CONFIG := _build/_config_cdn.yml
+ifeq ($(wildcard $(MATHJAX_JS))$(shell command -v npm 2>/dev/null),)
+BOOK_MATHJAX := $(CDN_CONFIG)
+BOOK_FLAGS := --config $(CDN_CONFIG)
+else
+BOOK_MATHJAX := $(MATHJAX_JS)
+BOOK_FLAGS :=
+endif
+# `make gpu-test` runs in .venv (PYTHON_ENV=venv, the default: PyPI's torch, a CUDA build on Linux) or in the Python
+# named by PYTHON as it is (PYTHON_ENV=system: its own CUDA torch is kept; only missing pure-Python requirements are
+# installed, with torch pinned to the version already there, and fmlib is imported from this checkout).
+PYTHON_ENV ?= venv
+ifeq ($(PYTHON_ENV),venv)
+GPU_PY := $(BIN)/python
+GPU_STAMP := $(STAMP)
+GPU_ENV :=
+else ifeq ($(PYTHON_ENV),system)
+GPU_PY := $(PYTHON)
+GPU_STAMP := _build/.system-requirements-stamp
+GPU_ENV := PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"
+else
+$(error PYTHON_ENV must be venv or system, got "$(PYTHON_ENV)")
+endif
 
-.PHONY: book test lint bench clean help mathjax browser-test
+.PHONY: book test lint bench gpu-test clean help mathjax browser-test
 
 help:
-	@echo "make book   build the HTML book into _build/html, executing every chapter"
-	@echo "make test   pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
-	@echo "make lint   ruff on fmlib/ and tests/, mypy on fmlib/"
-	@echo "make bench  the 2D benchmark against torchcfm and flow_matching (about 20-35 min)"
-	@echo "make clean  remove _build/"
+	@echo "make book      build the HTML book into _build/html, executing every chapter (npm optional)"
+	@echo "make test      pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
+	@echo "make lint      ruff on fmlib/, tests/, benchmarks/ and tools/, mypy on fmlib/"
+	@echo "make bench     the 2D benchmark against torchcfm and flow_matching (15-35 min on 2 cores)"
+	@echo "make gpu-test  on a CUDA machine: a CUDA smoke check, then every chapter with nbval, timed"
+	@echo "               (PYTHON_ENV=system PYTHON=python3: use that Python and its own CUDA torch, no venv)"
+	@echo "make clean     remove _build/"
 	@echo "make browser-test  open every page of _build/html in headless Chromium (run make book first)"
 
 $(STAMP): pyproject.toml
@@ -32,8 +59,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[book,test,dev]"
 	touch $(STAMP)
 
-book: $(STAMP) $(MATHJAX_JS)
-	$(BIN)/jupyter-book build . -W -n --keep-going
+book: $(STAMP) $(BOOK_MATHJAX)
+	$(BIN)/jupyter-book build . -W -n --keep-going $(BOOK_FLAGS)
+
+$(CDN_CONFIG): _config.yml
+	@echo "npm not found: the book will load MathJax from its default CDN (install npm for an offline copy)"
+	mkdir -p $(dir $@)
+	$(BIN)/python tools/mathjax_cdn_config.py _config.yml $@
 
 $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -c benchmarks/constraints.txt -r benchmarks/requirements.txt
@@ -46,12 +78,30 @@ bench: $(BENCH_STAMP)
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env book/
-	$(BIN)/nbstripout --verify book/*.ipynb
+	$(BIN)/nbstripout --verify book/*.ipynb templates/*.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff check fmlib tests benchmarks tools
 	$(BIN)/ruff format --check fmlib tests benchmarks tools
 	$(BIN)/mypy fmlib
+
+# What .github/workflows/gpu.yml runs: the CUDA smoke check (tools/cuda_smoke.py), then every chapter with nbval,
+# with per-chapter times in _build/nbval-gpu.md (tools/nbval_summary.py), written even when a chapter fails.
+_build/.system-requirements-stamp: pyproject.toml
+	mkdir -p _build
+	$(PYTHON) tools/system_requirements.py --install
+	touch $@
+
+gpu-test: $(GPU_STAMP)
+	$(GPU_ENV) $(GPU_PY) tools/cuda_smoke.py
+	mkdir -p _build
+	status=0; set -o pipefail; \
+	$(GPU_ENV) $(GPU_PY) -m pytest --nbval-lax --nbval-current-env book/ --durations=0 -o junit_family=xunit1 \
+	  --junitxml=_build/nbval-gpu.xml 2>&1 | tee _build/nbval-gpu.log || status=$$?; \
+	$(GPU_PY) tools/nbval_summary.py _build/nbval-gpu.xml \
+	  --title "Chapters on $$($(GPU_PY) -c 'import torch; print(torch.cuda.get_device_name(0))')" \
+	  | tee _build/nbval-gpu.md; \
+	exit $$status
 
 clean:
 	rm -rf _build
@@ -59,7 +109,7 @@ clean:
 # MathJax $(MATHJAX_VERSION) from the npm registry (`npm pack` fetches the tarball, runs nothing), cut down to the
 # TeX+MathML CHTML component and the files it loads on demand (TeX extensions, fonts, menu, accessibility).
 $(MATHJAX_JS):
-	@command -v npm >/dev/null || { echo "make book needs npm to fetch MathJax $(MATHJAX_VERSION) once"; exit 1; }
+	@command -v npm >/dev/null || { echo "make mathjax needs npm to fetch MathJax $(MATHJAX_VERSION) once"; exit 1; }
 	rm -rf _build/mathjax && mkdir -p _build/mathjax/mathjax
 	cd _build/mathjax && npm pack --silent "mathjax@$(MATHJAX_VERSION)" >/dev/null
 	tar xzf _build/mathjax/mathjax-$(MATHJAX_VERSION).tgz -C _build/mathjax/mathjax --strip-components=1 package/LICENSE

@@ -93,16 +93,15 @@ def test_ci_runs_lint_pre_commit_tests_book_and_keeps_reports():
     assert any(s["with"]["path"].rstrip("/") == "_build/html/reports" and s.get("if") == "failure()" for s in upload)
 
 
-def test_gpu_workflow_runs_nbval_with_cuda_on_the_self_hosted_runner():
+def test_gpu_workflow_runs_make_gpu_test_on_the_self_hosted_runner():
     wf = load("gpu.yml")
     assert "workflow_dispatch" in wf["on"] and wf["on"]["schedule"][0]["cron"]
     (job,) = wf["jobs"].values()
     assert job["runs-on"] == ["self-hosted", "gpu"]
     run = scripts(wf)
-    assert "nvidia-smi" in run and "torch.cuda.is_available()" in run
-    assert "--nbval-lax --nbval-current-env book/ --durations=0" in run
-    assert "GITHUB_STEP_SUMMARY" in run and "tools/nbval_summary.py" in run
-    assert "TORCH_SPEC=" in run
+    assert "nvidia-smi" in run and "make gpu-test" in run and "TORCH_SPEC=" in run
+    summary = next(s for s in steps(wf) if "GITHUB_STEP_SUMMARY" in s.get("run", ""))
+    assert summary.get("if") == "always()" and "_build/nbval-gpu.md" in summary["run"]
 
 
 def test_pages_workflow_deploys_the_built_book():
@@ -161,3 +160,162 @@ def test_nbval_summary_adds_cell_times_per_notebook(tmp_path, capsys):
     assert "| `book/01_a.ipynb` | 2 | 3.8 | passed |" in out
     assert "| `book/02_b.ipynb` | 3 | 4.5 | failed (1 cell) |" in out
     assert "| **total** | 5 | 8.2 | 1 notebook(s) failed |" in out
+
+
+# ------------------------------------------------------------------------------------------------ the Makefile
+TARGETS = ("help", "book", "test", "lint", "bench", "gpu-test", "clean", "mathjax", "browser-test")
+
+
+@pytest.fixture
+def venv(tmp_path):
+    """A stand-in .venv whose stamps are newer than pyproject.toml and the benchmark's requirements, so that a dry
+    run of make prints only the target's own commands."""
+    v = tmp_path / "venv"
+    v.mkdir()
+    for stamp in (".installed-stamp", ".bench-stamp"):
+        (v / stamp).touch()
+    return v
+
+
+def make_dry(target: str, *assignments: str, path: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ) if path is None else {**os.environ, "PATH": path}
+    return subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, *assignments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def path_without_npm(tmp_path: Path) -> str:
+    """A PATH with every program of this one except npm (and its npx and corepack)."""
+    bin_dir = tmp_path / "bin-without-npm"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            target = bin_dir / entry.name
+            if entry.name not in ("npm", "npx", "corepack") and not target.exists() and os.access(entry.path, os.X_OK):
+                target.symlink_to(entry.path)
+    return str(bin_dir)
+
+
+def fake_npm_path(tmp_path: Path) -> str:
+    fake = tmp_path / "fake-npm"
+    fake.mkdir()
+    (fake / "npm").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "npm").chmod(0o755)
+    return f"{fake}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_documented_make_target_exists(target, venv):
+    result = make_dry(target, f"VENV={venv}")
+    assert result.returncode == 0, result.stderr
+    readme = (ROOT / "README.md").read_text()
+    assert f"make {target}" in readme or target == "mathjax", target
+
+
+def test_make_book_without_npm_falls_back_to_the_cdn(venv, tmp_path):
+    result = make_dry("book", f"VENV={venv}", "MATHJAX_JS=_build/absent/tex.js", path=path_without_npm(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "npm not found" in result.stdout and "tools/mathjax_cdn_config.py" in result.stdout
+    assert "--config _build/_config_cdn.yml" in result.stdout and "npm pack" not in result.stdout
+
+
+def test_make_book_with_npm_fetches_the_offline_mathjax(venv, tmp_path):
+    result = make_dry("book", f"VENV={venv}", "MATHJAX_JS=_build/absent/tex.js", path=fake_npm_path(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "npm pack" in result.stdout and "--config" not in result.stdout
+
+
+def test_a_tiny_book_builds_strictly_without_npm(tmp_path):
+    """`make book` itself, on a one-page book with the repository's _config.yml, npm absent from PATH."""
+    book = tmp_path / "book"
+    (book / "book").mkdir(parents=True)
+    (book / "tools").mkdir()
+    (book / "templates").mkdir()
+    for name in ("_config.yml", "pyproject.toml", "Makefile"):
+        (book / name).write_text((ROOT / name).read_text())
+    (book / "tools" / "mathjax_cdn_config.py").write_text((ROOT / "tools" / "mathjax_cdn_config.py").read_text())
+    (book / "templates" / "chapter.ipynb").write_text((ROOT / "templates" / "chapter.ipynb").read_text())
+    (book / "book" / "references.bib").write_text((ROOT / "book" / "references.bib").read_text())
+    (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
+    (book / "book" / "intro.md").write_text("# A tiny book\n\nThe flow solves\n\n$$\n\\dot x = v_t(x)\n$$\n")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".installed-stamp").touch()
+    result = subprocess.run(
+        ["make", "book", f"VENV={venv}", f"BIN={BIN}"],
+        cwd=book,
+        capture_output=True,
+        text=True,
+        env={**OFFLINE, "PATH": path_without_npm(tmp_path)},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("npm not found") == 1
+    page = (book / "_build" / "html" / "book" / "intro.html").read_text()
+    assert "cdn.jsdelivr.net/npm/mathjax" in page and "_static/mathjax" not in page
+    assert not list((book / "_build" / "html").rglob("chapter.html"))  # the template is not part of the book
+
+
+def test_the_cdn_config_drops_only_the_offline_mathjax_settings():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import mathjax_cdn_config
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    cdn = mathjax_cdn_config.cdn_config(config)
+    settings, original = cdn["sphinx"]["config"], config["sphinx"]["config"]
+    assert "mathjax_path" in original and "html_static_path" in original  # the offline copy is the default
+    assert set(original) - set(settings) == {"mathjax_path", "html_static_path"}
+    assert settings["mathjax3_config"] == original["mathjax3_config"]  # the macros stay
+    assert {k: v for k, v in cdn.items() if k != "sphinx"} == {k: v for k, v in config.items() if k != "sphinx"}
+
+
+def test_gpu_test_runs_the_smoke_check_and_every_chapter_timed(venv):
+    result = make_dry("gpu-test", f"VENV={venv}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"{venv}/bin/python tools/cuda_smoke.py" in out
+    assert "--nbval-lax --nbval-current-env book/ --durations=0" in out and "--junitxml=_build/nbval-gpu.xml" in out
+    assert "tools/nbval_summary.py _build/nbval-gpu.xml" in out and "_build/nbval-gpu.md" in out
+
+
+def test_gpu_test_with_the_system_python_installs_no_torch_and_no_venv(venv, tmp_path):
+    python = sys.executable
+    result = make_dry("gpu-test", "PYTHON_ENV=system", f"PYTHON={python}", f"VENV={tmp_path / 'no-venv'}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "-m venv" not in out and "pip install" not in out and "no-venv" not in out
+    assert f"{python} tools/system_requirements.py --install" in out
+    assert f"{python} tools/cuda_smoke.py" in out and f'PYTHONPATH="{ROOT}' in out
+    bad = make_dry("gpu-test", "PYTHON_ENV=conda")
+    assert bad.returncode != 0 and "PYTHON_ENV must be venv or system" in bad.stderr
+
+
+def test_cuda_smoke_check_fails_clearly_without_a_gpu():
+    import torch
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "cuda_smoke.py")], capture_output=True, text=True, timeout=300
+    )
+    if torch.cuda.is_available():
+        assert result.returncode == 0 and "fmlib integrates on cuda" in result.stdout, result.stderr
+    else:
+        assert result.returncode == 1 and "sees no CUDA device" in result.stderr
+
+
+def test_system_requirements_finds_what_is_missing_or_too_old():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import numpy
+    import system_requirements as sr
+
+    major = int(numpy.__version__.split(".")[0])
+    reqs = ["numpy>=1.0", f"numpy>={major + 1}", "surely-not-an-installed-package>=1"]
+    assert sr.missing(reqs) == [f"numpy>={major + 1}", "surely-not-an-installed-package>=1"]
+    listed = sr.requirements()
+    assert "torch>=2.2" in listed and any(r.startswith("nbval") for r in listed)
+    assert sr.missing(listed) == []  # this environment runs the tests, so it has all of them
