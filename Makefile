@@ -60,10 +60,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 book: $(STAMP) $(BOOK_MATHJAX)
+	@$(if $(BOOK_FLAGS),echo "npm not found: the book loads MathJax from its default CDN (install npm for an offline copy)")
 	$(BIN)/jupyter-book build . -W -n --keep-going $(BOOK_FLAGS)
 
 $(CDN_CONFIG): _config.yml
-	@echo "npm not found: the book will load MathJax from its default CDN (install npm for an offline copy)"
 	mkdir -p $(dir $@)
 	$(BIN)/python tools/mathjax_cdn_config.py _config.yml $@
 
