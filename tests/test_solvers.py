@@ -134,9 +134,10 @@ def test_register_solver_refuses_to_overwrite(registry):
     ],
 )
 def test_register_solver_validates(registry, args, error, match):
+    before = dict(SOLVERS)
     with pytest.raises(error, match=match):
         register_solver(*args)
-    assert set(SOLVERS) == set(ORDERS)
+    assert dict(SOLVERS) == before and set(METHODS) == set(NFE_PER_STEP) == set(before)
 
 
 def test_solvers_is_read_only_and_methods_frozen():
