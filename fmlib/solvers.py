@@ -430,7 +430,8 @@ class _AdaptiveField:
 
     def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.steps += 1
-        t, size = float(t0), float(y0.detach().abs().max())
+        t0, y0, dt = t0.detach(), y0.detach(), dt.detach()
+        t, size = float(t0), float(y0.abs().max())
         if not math.isfinite(size):
             raise ValueError(
                 f"the solution became NaN or inf at t = {t:.6g} before reaching t1 = {self.t1:g}; "
