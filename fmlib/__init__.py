@@ -14,11 +14,12 @@ from .data import (
     load_digits_split,
     s_curve,
     sample_data,
+    seeded_generator,
     spirals,
     two_moons,
 )
 from .guidance import cfg_combine, drop_labels, guided_velocity
-from .likelihood import ADAPTIVE_METHODS, NFECounter, integrate_adaptive, log_likelihood
+from .likelihood import divergence, log_likelihood
 from .losses import cfm_loss
 from .marginal import EmpiricalMarginal
 from .metrics import (
@@ -34,7 +35,22 @@ from .metrics import (
 from .models import MLP, DigitUNet
 from .paths import GaussianPath, LinearPath, PathSample, ProbPath
 from .plotting import image_grid
-from .solvers import METHODS, NFE_PER_STEP, euler_step, heun_step, integrate, midpoint_step, rk4_step, time_grid
+from .solvers import (
+    ADAPTIVE_METHODS,
+    METHODS,
+    NFE_PER_STEP,
+    SOLVERS,
+    FixedStepMethod,
+    NFECounter,
+    euler_step,
+    heun_step,
+    integrate,
+    integrate_adaptive,
+    midpoint_step,
+    register_solver,
+    rk4_step,
+    time_grid,
+)
 from .training import train, train_conditional
 
 __version__ = "0.1.0"
@@ -54,10 +70,14 @@ __all__ = [
     "time_grid",
     "METHODS",
     "NFE_PER_STEP",
+    "FixedStepMethod",
+    "SOLVERS",
+    "register_solver",
     "NFECounter",
     "integrate_adaptive",
     "log_likelihood",
     "ADAPTIVE_METHODS",
+    "divergence",
     "minibatch_ot",
     "wasserstein2",
     "path_energy",
@@ -84,4 +104,5 @@ __all__ = [
     "s_curve",
     "sample_data",
     "DATASETS",
+    "seeded_generator",
 ]

@@ -8,7 +8,7 @@ what was expected and what was received.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -28,10 +28,73 @@ def check_batch(x: object, name: str = "x") -> Tensor:
 
 
 def check_int(value: object, name: str, low: int = 1) -> int:
-    """Return ``value`` if it is an int (not a bool) >= ``low``; else ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """Return ``value`` if it is an int (not a bool) >= ``low``.
+
+    Raises:
+        TypeError: if ``value`` is not an int (a bool, a float such as 10.0, a string, None).
+        ValueError: if ``value`` < ``low``.
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int >= {low}; got {type(value).__name__} {value!r}")
+    if value < low:
         raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
-    return value
+    return int(value)
+
+
+def check_real(
+    value: object,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Return ``value`` as a float if it is a finite real number in the given range.
+
+    ``low`` and ``high`` bound the range (None: unbounded on that side); the ``*_inclusive``
+    flags say whether the bound itself is allowed. Python and NumPy numbers are accepted,
+    bools are not.
+
+    Raises:
+        TypeError: if ``value`` is not a real number (a bool, a string, None, a tensor).
+        ValueError: if ``value`` is NaN, infinite or outside the range.
+
+    Example:
+        >>> check_real(0.5, "p", low=0.0, high=1.0)
+        0.5
+        >>> check_real(0.0, "lr", low=0.0, low_inclusive=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be > 0, a finite real number; got 0.0
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+    number = float(value)
+    if low is not None and high is not None:
+        want = f"in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+    elif low is not None:
+        want = f"{'>=' if low_inclusive else '>'} {low:g}"
+    elif high is not None:
+        want = f"{'<=' if high_inclusive else '<'} {high:g}"
+    else:
+        want = ""
+    ok = math.isfinite(number)
+    if low is not None:
+        ok = ok and (number >= low if low_inclusive else number > low)
+    if high is not None:
+        ok = ok and (number <= high if high_inclusive else number < high)
+    if not ok:
+        raise ValueError(f"{name} must be {want + ', ' if want else ''}a finite real number; got {value!r}")
+    return number
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype fmlib computes times and accumulates in for a state ``x``.
+
+    ``torch.promote_types(x.dtype, torch.float32)``: float32 for float16/bfloat16 states (so
+    small steps and times near 1 are not rounded away), x's dtype for float32 and float64.
+    """
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
@@ -51,19 +114,26 @@ def check_finite(x: Tensor, name: str) -> None:
 
 
 def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -> Tensor:
-    """Return ``t`` as a tensor of shape (B,) with ``x``'s dtype and device.
+    """Return ``t`` as a tensor of shape (B,) on ``x``'s device, in :func:`compute_dtype` of ``x``.
 
     ``t`` may be a Python number, a 0-d tensor or a tensor of shape (B,),
     where B = x.shape[0]. With ``unit_interval`` it must lie in [0, 1].
+    The dtype is x's for float32 and float64 states and float32 for float16 and
+    bfloat16 states (t = 0.999 would round to 1.0 in bfloat16).
+
+    Raises:
+        TypeError: if ``t`` is neither a real number nor a tensor.
+        ValueError: if ``t`` has another shape, is not finite, or leaves [0, 1] with ``unit_interval``.
     """
     batch = x.shape[0]
+    dtype = compute_dtype(x)
     if isinstance(t, bool) or not isinstance(t, (Real, Tensor)):
         raise TypeError(f"{name} must be a float, a 0-d tensor or a tensor of shape ({batch},); got {type(t).__name__}")
     if isinstance(t, Tensor):
         if t.dim() == 0:
-            t = t.to(dtype=x.dtype, device=x.device).expand(batch)
+            t = t.to(dtype=dtype, device=x.device).expand(batch)
         elif t.dim() == 1 and t.shape[0] == batch:
-            t = t.to(dtype=x.dtype, device=x.device)
+            t = t.to(dtype=dtype, device=x.device)
         else:
             raise ValueError(
                 f"{name} must be a scalar or have shape ({batch},) to match the batch; got shape {tuple(t.shape)}"
@@ -75,7 +145,7 @@ def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -
             raise ValueError(f"{name} must be finite; got {t}")
         if unit_interval and not 0.0 <= float(t) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1]; got {t:g}")
-        return torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
+        return torch.full((batch,), float(t), dtype=dtype, device=x.device)
     if unit_interval and batch > 0:
         lo, hi = float(t.min()), float(t.max())
         if lo < 0.0 or hi > 1.0:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Real
 
 import numpy as np
 import torch
 from sklearn.datasets import make_moons, make_s_curve
 from torch import Tensor
+
+from ._checks import check_int, check_real
 
 __all__ = [
     "two_moons",
@@ -28,6 +29,7 @@ __all__ = [
     "NUM_CLASSES",
     "DigitsSplit",
     "load_digits_split",
+    "seeded_generator",
 ]
 
 
@@ -68,10 +70,10 @@ def two_moons(
         Tensor of shape (n, 2).
 
     Raises:
-        ValueError: if n < 1.
-        TypeError: if n is not an int.
+        ValueError: if n < 1 or noise is negative or not finite.
+        TypeError: if n is not an int or noise not a real number.
     """
-    x, _ = make_moons(_check_n(n), noise=noise, random_state=_seed(generator))
+    x, _ = make_moons(_check_n(n), noise=check_real(noise, "noise", low=0.0), random_state=_seed(generator))
     return _out(2.0 * (x - np.array([0.5, 0.25])), dtype, device)
 
 
@@ -83,7 +85,7 @@ def s_curve(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """The 2D S-curve: columns (x, z) of scikit-learn's ``make_s_curve``, scaled by 1.5. Shape (n, 2)."""
-    x, _ = make_s_curve(_check_n(n), noise=noise, random_state=_seed(generator))
+    x, _ = make_s_curve(_check_n(n), noise=check_real(noise, "noise", low=0.0), random_state=_seed(generator))
     return _out(1.5 * x[:, [0, 2]], dtype, device)
 
 
@@ -102,8 +104,12 @@ def eight_gaussians(
         radius: radius of the circle of means.
         std: standard deviation of each component.
         generator: seeds the draw (components and noise).
+
+    Raises:
+        TypeError: if n is not an int or radius, std not real numbers.
+        ValueError: if n < 1 or radius, std are negative or not finite.
     """
-    n = _check_n(n)
+    n, radius, std = _check_n(n), check_real(radius, "radius", low=0.0), check_real(std, "std", low=0.0)
     k = torch.randint(0, 8, (n,), generator=generator, device=getattr(generator, "device", None))
     angle = k.double() * (2 * math.pi / 8)
     means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
@@ -136,7 +142,7 @@ def spirals(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Two interleaved Archimedean spiral arms, radius up to 3. Shape (n, 2)."""
-    n = _check_n(n)
+    n, noise = _check_n(n), check_real(noise, "noise", low=0.0)
     gdev = getattr(generator, "device", None)
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev)
     arm = torch.randint(0, 2, (n,), generator=generator, device=gdev).double()
@@ -162,11 +168,14 @@ def sample_data(name: str, n: int, generator: torch.Generator | None = None, **k
 
     Raises:
         ValueError: for an unknown name.
+        TypeError: if name is not a string.
 
     Example:
         >>> sample_data("moons", 5, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([5, 2])
     """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, one of {sorted(DATASETS)}; got {type(name).__name__}")
     if name not in DATASETS:
         raise ValueError(f"name must be one of {sorted(DATASETS)}; got {name!r}")
     return DATASETS[name](n, generator=generator, **kwargs)
@@ -217,7 +226,8 @@ def load_digits_split(
         A :class:`DigitsSplit`; with the defaults 1,437 training and 360 held-out images.
 
     Raises:
-        ValueError: if test_fraction is not in (0, 1) or dtype is not floating.
+        ValueError: if test_fraction is not in (0, 1), seed is negative or dtype is not floating.
+        TypeError: if test_fraction is not a real number, seed not an int or dtype not a torch.dtype.
 
     Example:
         >>> split = load_digits_split()
@@ -227,8 +237,10 @@ def load_digits_split(
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real) or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be a float in (0, 1); got {test_fraction!r}")
+    check_real(test_fraction, "test_fraction", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+    check_int(seed, "seed", low=0)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype; got {type(dtype).__name__}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype; got {dtype}")
     digits = load_digits()
@@ -245,3 +257,29 @@ def load_digits_split(
         return torch.as_tensor(labels[i]).to(device=device)
 
     return DigitsSplit(img(i_train), lab(i_train), img(i_test), lab(i_test))
+
+
+def seeded_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` (default CPU) seeded with ``seed``.
+
+    Pass it to every random draw (``torch.randn(..., generator=g)``, :func:`sample_data`,
+    :func:`fmlib.train`) so a run repeats exactly; a CUDA generator needs draws on that device.
+
+    Args:
+        seed: the seed, an int >= 0.
+        device: the generator's device (a torch.device or a string such as ``"cuda"``); None for the CPU.
+
+    Returns:
+        A new ``torch.Generator`` with ``initial_seed() == seed``.
+
+    Raises:
+        TypeError: if seed is not an int.
+        ValueError: if seed is negative.
+
+    Example:
+        >>> g = seeded_generator(0)
+        >>> torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=seeded_generator(0)))
+        True
+    """
+    check_int(seed, "seed", low=0)
+    return torch.Generator(device=device if device is not None else "cpu").manual_seed(seed)

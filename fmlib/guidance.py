@@ -13,14 +13,12 @@ our w - 1.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from numbers import Real
 
 import torch
 from torch import Tensor
 
-from ._checks import as_time, check_labels
+from ._checks import as_time, check_batch, check_int, check_labels, check_real
 from .data import NUM_CLASSES
 
 __all__ = ["drop_labels", "cfg_combine", "guided_velocity"]
@@ -45,10 +43,13 @@ def drop_labels(
 
     Raises:
         ValueError: if p_uncond is outside [0, 1] or labels is not a 1-d integer tensor.
+        TypeError: if p_uncond is not a real number or labels is not a tensor.
     """
-    if isinstance(p_uncond, bool) or not isinstance(p_uncond, Real) or not 0 <= p_uncond <= 1:
-        raise ValueError(f"p_uncond must be a probability in [0, 1]; got {p_uncond!r}")
-    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point():
+    check_real(p_uncond, "p_uncond", low=0.0, high=1.0)
+    check_int(null_label, "null_label", low=0)
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be an integer tensor of shape (B,); got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.is_floating_point():
         raise ValueError(f"labels must be an integer tensor of shape (B,); got {labels!r}")
     drop = torch.rand(labels.shape[0], generator=generator, device=labels.device) < p_uncond
     return torch.where(drop, torch.full_like(labels, null_label), labels).long()
@@ -60,9 +61,7 @@ def _with_labels(model: Callable[..., Tensor], y: Tensor) -> Callable[[Tensor, T
 
 
 def _check_w(w: object) -> float:
-    if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(float(w)) or w < 0:
-        raise ValueError(f"w must be a finite guidance scale >= 0 (0 unconditional, 1 conditional); got {w!r}")
-    return float(w)
+    return check_real(w, "w", low=0.0)
 
 
 def cfg_combine(v_cond: Tensor, v_uncond: Tensor, w: float) -> Tensor:
@@ -78,6 +77,7 @@ def cfg_combine(v_cond: Tensor, v_uncond: Tensor, w: float) -> Tensor:
 
     Raises:
         ValueError: if w < 0 or not finite, or the shapes differ.
+        TypeError: if w is not a real number or v_cond, v_uncond are not floating tensors.
 
     Example:
         >>> import torch
@@ -85,6 +85,7 @@ def cfg_combine(v_cond: Tensor, v_uncond: Tensor, w: float) -> Tensor:
         tensor([ 3., -2.])
     """
     w = _check_w(w)
+    check_batch(v_cond, "v_cond"), check_batch(v_uncond, "v_uncond")
     if v_cond.shape != v_uncond.shape:
         raise ValueError(
             f"v_cond and v_uncond must have the same shape; got {tuple(v_cond.shape)} and {tuple(v_uncond.shape)}"

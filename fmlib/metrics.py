@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_batch, check_finite
+from ._checks import check_batch, check_finite, check_int, check_real
 from .couplings import _points, _sq_cost
 from .solvers import integrate
 
@@ -121,8 +121,9 @@ def straightness(traj: Tensor) -> float:
 
     Raises:
         ValueError: fewer than 2 states or non-finite values.
+        TypeError: if traj is not a floating tensor.
     """
-    if not isinstance(traj, Tensor) or traj.dim() < 3 or traj.shape[0] < 2:
+    if check_batch(traj, "traj").dim() < 3 or traj.shape[0] < 2:
         raise ValueError(f"traj must have shape (T, B, *D) with T >= 2; got {getattr(traj, 'shape', type(traj))}")
     check_finite(traj, "traj")
     steps = traj.shape[0] - 1
@@ -158,6 +159,10 @@ class DigitClassifier:
         max_iter: training epochs.
         alpha: L2 penalty.
 
+    Raises:
+        TypeError: if hidden, seed or max_iter is not an int, or alpha not a real number.
+        ValueError: if hidden or max_iter < 1, seed < 0, or alpha negative or not finite.
+
     Example:
         >>> from fmlib import load_digits_split
         >>> split = load_digits_split()
@@ -169,6 +174,8 @@ class DigitClassifier:
     def __init__(self, hidden: int = 64, seed: int = 0, max_iter: int = 300, alpha: float = 1e-3) -> None:
         from sklearn.neural_network import MLPClassifier
 
+        check_int(hidden, "hidden"), check_int(seed, "seed", low=0), check_int(max_iter, "max_iter")
+        check_real(alpha, "alpha", low=0.0)
         self.hidden = hidden
         self.net = MLPClassifier(
             hidden_layer_sizes=(hidden,),

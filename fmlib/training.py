@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._checks import check_batch, check_int, check_labels
+from ._checks import check_batch, check_int, check_labels, check_real
 from .guidance import _with_labels, drop_labels
 from .losses import cfm_loss
 from .paths import ProbPath
@@ -80,8 +80,7 @@ def adam_loop(
     """
     check_int(steps, "steps")
     check_int(batch_size, "batch_size")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0; got {lr}")
+    check_real(lr, "lr", low=0.0, low_inclusive=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = torch.empty(steps)
     model.train()

@@ -1,11 +1,22 @@
-"""NFE counting, adaptive integration and log-likelihoods against analytic values."""
+"""NFE counting, adaptive integration, divergences and log-likelihoods against analytic values."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.integrate import solve_ivp
 
-from fmlib import NFE_PER_STEP, NFECounter, integrate, integrate_adaptive, log_likelihood
+from fmlib import (
+    NFE_PER_STEP,
+    EmpiricalMarginal,
+    GaussianPath,
+    NFECounter,
+    divergence,
+    integrate,
+    integrate_adaptive,
+    log_likelihood,
+)
 
 X = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
 
@@ -120,7 +131,9 @@ def test_custom_source_density():
         ({"method": "rk45"}, "method must be one of"),
         ({"divergence": "trace"}, "divergence must be 'exact' or 'hutchinson'"),
         ({"probes": 0}, "probes must be an int >= 1"),
-        ({"steps": 0}, "steps must be >= 1"),
+        ({"steps": 0}, "steps must be an int >= 1"),
+        ({"method": "dopri5", "rtol": 0.0}, "rtol must be > 0"),
+        ({"method": "dopri5", "atol": -1.0}, "atol must be > 0"),
     ],
 )
 def test_likelihood_bad_input(kwargs, match):
@@ -152,3 +165,103 @@ def test_adaptive_never_evaluates_outside_the_interval(t0, t1):
 
     integrate_adaptive(v, torch.ones(2, 1, dtype=torch.float64), t0=t0, t1=t1, rtol=1e-6, atol=1e-6)
     assert min(seen) >= min(t0, t1) and max(seen) <= max(t0, t1), (min(seen), max(seen))
+
+
+# --- divergence --------------------------------------------------------------------------------------
+
+
+def test_divergence_of_a_linear_field_is_the_trace():
+    a = torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    div = divergence(lambda x, t: x @ a.T, x, 0.3)
+    assert div.shape == (5,) and div.dtype == torch.float64 and not div.requires_grad
+    torch.testing.assert_close(div, torch.full((5,), float(torch.trace(a)), dtype=torch.float64))
+
+
+def test_divergence_of_a_nonlinear_field_on_images():
+    # v = sin(x) t, elementwise, on (B, 1, 2, 2): div = t sum cos(x)
+    x = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    t = torch.linspace(0, 1, 4, dtype=torch.float64)
+    div = divergence(lambda x, t: torch.sin(x) * t[:, None, None, None], x, t)
+    torch.testing.assert_close(div, t * torch.cos(x).flatten(1).sum(1))
+
+
+def test_divergence_with_create_graph_is_differentiable():
+    # v = theta A x: div = theta tr(A), d div / d theta = tr(A); the graph reaches x for v = x^3 (div 3 sum x^2)
+    a = torch.tensor([[1.0, 2.0], [0.5, -4.0]], dtype=torch.float64)
+    theta = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    div = divergence(lambda x, t: theta * x @ a.T, torch.ones(2, 2, dtype=torch.float64), 0.0, create_graph=True)
+    (g,) = torch.autograd.grad(div.sum(), theta)
+    assert abs(float(g) - 2 * (1.0 - 4.0)) < 1e-12
+    x = torch.tensor([[1.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(divergence(lambda x, t: x**3, x, 0.0, create_graph=True).sum(), x)
+    torch.testing.assert_close(gx, 6 * x.detach())
+
+
+def test_divergence_of_a_constant_field_is_zero():
+    div = divergence(lambda x, t: torch.ones_like(x), torch.zeros(3, 2), 0.5)
+    assert torch.equal(div, torch.zeros(3))
+
+
+# --- likelihood off the data: a stiff case --------------------------------------------------------
+
+
+def mixture_log_p1(x, centres, sigma):
+    """log of (1/N) sum_i N(x; c_i, sigma^2), 1-d: the marginal p_1 of GaussianPath(sigma) on the data."""
+    log_terms = -((x - np.asarray(centres)) ** 2) / (2 * sigma**2)
+    return float(np.logaddexp.reduce(log_terms) - math.log(len(centres)) - 0.5 * math.log(2 * math.pi * sigma**2))
+
+
+def radau_log_p1(x1, centres, sigma):
+    """The augmented ODE (x_t, int div) of the exact marginal field solved backward by SciPy's stiff Radau."""
+    c = np.asarray(centres)
+
+    def rhs(t, y):
+        b = 1 - (1 - sigma) * t
+        g = -(y[0] - t * c) / b**2  # d/dx of the log-weights
+        w = np.exp(g * (y[0] - t * c) / 2 - np.max(g * (y[0] - t * c) / 2))
+        w /= w.sum()
+        u = (c - (1 - sigma) * y[0]) / b
+        div = -(1 - sigma) / b + np.sum(u * w * (g - np.sum(w * g)))
+        return [np.sum(w * u), -div]
+
+    sol = solve_ivp(rhs, (1.0, 0.0), [x1, 0.0], method="Radau", rtol=1e-12, atol=1e-12)
+    x0, a0 = sol.y[:, -1]
+    return -0.5 * x0**2 - 0.5 * math.log(2 * math.pi) - a0
+
+
+def test_log_likelihood_between_narrow_modes_needs_adaptive_steps():
+    # data {-1, 1}, GaussianPath(0.01): p_1 = (N(-1, 0.01^2) + N(1, 0.01^2)) / 2, and the exact marginal
+    # field transports N(0, 1) onto it, so log p_1(0.5) has a closed form: -1247.0069.
+    closed = mixture_log_p1(0.5, [-1.0, 1.0], 0.01)
+    assert abs(closed - (-1247.0069)) < 5e-5
+    assert abs(radau_log_p1(0.5, [-1.0, 1.0], 0.01) - closed) < 1e-6  # a stiff solver agrees
+    field = EmpiricalMarginal(torch.tensor([[-1.0], [1.0]], dtype=torch.float64), GaussianPath(0.01)).velocity
+    x = torch.tensor([[0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        rk4 = float(log_likelihood(field, x, steps=100, method="rk4"))
+        dopri5 = float(log_likelihood(field, x, method="dopri5", rtol=1e-10, atol=1e-10))
+    assert abs(dopri5 - closed) < 1e-4, dopri5
+    assert abs(rk4 - closed) > 100, rk4  # fixed steps far too coarse for the layer near t = 1
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_adaptive_likelihood_and_gradient_match_closed_form(method):
+    # v = theta x: log p_1(x) = log N(e^{-theta} x) - 2 theta, derivative 5 e^{-2 theta} - 2 at x = [1, 2]
+    th = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    lp = log_likelihood(lambda x, t: th * x, X, method=method, rtol=1e-9, atol=1e-9)
+    expected = float(gaussian_log_prob(X * math.exp(-0.5))) - 1.0
+    assert abs(lp.item() - expected) < 1e-6
+    lp.sum().backward()
+    assert abs(float(th.grad) - (5 * math.exp(-1.0) - 2)) < 1e-5
+
+
+def test_likelihood_accepts_a_step_function():
+    def ralston(v, x, t, dt):
+        b = x.shape[0]
+        k1 = v(x, torch.full((b,), t, dtype=x.dtype))
+        k2 = v(x + 2 / 3 * dt * k1, torch.full((b,), t + 2 / 3 * dt, dtype=x.dtype))
+        return x + dt * (0.25 * k1 + 0.75 * k2)
+
+    lp = log_likelihood(lambda x, t: 3 * t[:, None] ** 2 * x, X, steps=400, method=ralston)
+    assert abs(lp.item() - (float(gaussian_log_prob(X * math.exp(-1))) - 2.0)) < 1e-4

@@ -1,0 +1,257 @@
+"""One contract for every public function of fmlib: bad input raises TypeError (wrong kind of object) or
+ValueError (right kind, value out of range), with a message that names the argument.
+
+Each row of ``BAD_INPUTS`` is (public name, call, expected exception, a substring naming the argument).
+``test_every_public_callable_has_a_row`` keeps the table complete as fmlib grows.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+import fmlib
+from fmlib import (
+    MLP,
+    DigitClassifier,
+    DigitUNet,
+    EmpiricalMarginal,
+    FixedStepMethod,
+    GaussianPath,
+    LinearPath,
+    NFECounter,
+    cfg_combine,
+    cfm_loss,
+    checkerboard,
+    divergence,
+    drop_labels,
+    eight_gaussians,
+    euler_step,
+    frechet_distance,
+    frechet_distance_gaussians,
+    guided_velocity,
+    heun_step,
+    image_grid,
+    integrate,
+    integrate_adaptive,
+    load_digits_split,
+    log_likelihood,
+    midpoint_step,
+    minibatch_ot,
+    nearest_distances,
+    normalized_path_energy,
+    path_energy,
+    register_solver,
+    rk4_step,
+    s_curve,
+    sample_data,
+    seeded_generator,
+    spirals,
+    straightness,
+    time_grid,
+    train,
+    train_conditional,
+    two_moons,
+    wasserstein2,
+)
+
+# Public names that are not functions to call with arguments: data containers and the abstract base class.
+NOT_CHECKED = {"PathSample", "ProbPath", "DigitsSplit"}
+
+X = torch.zeros(4, 2)
+IMAGES = torch.zeros(3, 1, 8, 8)
+
+
+def v(x, t):
+    return -x
+
+
+def unet():
+    return DigitUNet(channels=8)
+
+
+def row(name, call, error, match):
+    return pytest.param(call, error, match, id=f"{name}-{error.__name__}-{match}")
+
+
+# (name, call, error, substring naming the argument)
+TABLE = [
+    ("LinearPath", lambda: LinearPath(sigma="0.1"), TypeError, "sigma"),
+    ("LinearPath", lambda: LinearPath(sigma=-0.1), ValueError, "sigma"),
+    ("LinearPath", lambda: LinearPath(sigma=float("nan")), ValueError, "sigma"),
+    ("GaussianPath", lambda: GaussianPath(sigma_min=None), TypeError, "sigma_min"),
+    ("GaussianPath", lambda: GaussianPath(sigma_min=1.0), ValueError, "sigma_min"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), [[1.0, 2.0]]), TypeError, "x1"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, t=1.5), ValueError, "t must lie in"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, t="0.5"), TypeError, "t must be"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, x0=torch.zeros(3, 2)), ValueError, "x0 and x1"),
+    ("EmpiricalMarginal", lambda: EmpiricalMarginal([[1.0]], GaussianPath()), TypeError, "data"),
+    ("EmpiricalMarginal", lambda: EmpiricalMarginal(X, GaussianPath(), chunk_size=0), ValueError, "chunk_size"),
+    ("EmpiricalMarginal", lambda: EmpiricalMarginal(X, GaussianPath(), chunk_size=2.0**20), TypeError, "chunk_size"),
+    ("EmpiricalMarginal", lambda: EmpiricalMarginal(X, GaussianPath()).velocity(X, 2.0), ValueError, "t must lie"),
+    ("euler_step", lambda: euler_step(v, None, 0.0, 0.1), TypeError, "x must be a torch.Tensor"),
+    ("euler_step", lambda: euler_step(v, X, "0", 0.1), TypeError, "t must be"),
+    ("midpoint_step", lambda: midpoint_step(v, torch.zeros(2, dtype=torch.long), 0.0, 0.1), TypeError, "x must have"),
+    ("heun_step", lambda: heun_step(v, torch.tensor(1.0), 0.0, 0.1), ValueError, "x must have a batch dimension"),
+    ("rk4_step", lambda: rk4_step(lambda x, t: x[:, :1], X, 0.0, 0.1), ValueError, "v(x, t) must return"),
+    ("integrate", lambda: integrate(v, X, steps=10.0), TypeError, "steps"),
+    ("integrate", lambda: integrate(v, X, steps="10"), TypeError, "steps"),
+    ("integrate", lambda: integrate(v, X, steps=0), ValueError, "steps"),
+    ("integrate", lambda: integrate(v, None), TypeError, "x must be"),
+    ("integrate", lambda: integrate(None, X), TypeError, "v must be"),
+    ("integrate", lambda: integrate(v, X, t1=float("inf")), ValueError, "t1"),
+    ("integrate", lambda: integrate(v, X, t0="0"), TypeError, "t0"),
+    ("integrate", lambda: integrate(v, X, method="rk45"), ValueError, "method"),
+    ("integrate", lambda: integrate(v, X, method=4), TypeError, "method"),
+    ("time_grid", lambda: time_grid(0.0, 1.0, steps=2.5), TypeError, "steps"),
+    ("time_grid", lambda: time_grid(0.0, 1.0, step_size=0.0), ValueError, "step_size"),
+    ("time_grid", lambda: time_grid(0.0, 1.0, step_size="0.1"), TypeError, "step_size"),
+    ("FixedStepMethod", lambda: FixedStepMethod(euler_step, 1.0, 1), TypeError, "order"),
+    ("FixedStepMethod", lambda: FixedStepMethod(euler_step, 1, 0), ValueError, "nfe_per_step"),
+    ("FixedStepMethod", lambda: FixedStepMethod("euler", 1, 1), TypeError, "step"),
+    ("register_solver", lambda: register_solver("euler", euler_step, 1, 1), ValueError, "euler"),
+    ("register_solver", lambda: register_solver(None, euler_step, 1, 1), TypeError, "name"),
+    ("register_solver", lambda: register_solver("new", euler_step, True, 1), TypeError, "order"),
+    ("NFECounter", lambda: NFECounter(None), TypeError, "v must be"),
+    ("integrate_adaptive", lambda: integrate_adaptive(v, X, rtol="1e-5"), TypeError, "rtol"),
+    ("integrate_adaptive", lambda: integrate_adaptive(v, X, atol=0.0), ValueError, "atol"),
+    ("integrate_adaptive", lambda: integrate_adaptive(v, X, max_steps=0), ValueError, "max_steps"),
+    ("integrate_adaptive", lambda: integrate_adaptive(v, X, max_steps=100.0), TypeError, "max_steps"),
+    ("integrate_adaptive", lambda: integrate_adaptive(v, X, method="rk4"), ValueError, "method"),
+    ("integrate_adaptive", lambda: integrate_adaptive(v, X, method=None), TypeError, "method"),
+    ("log_likelihood", lambda: log_likelihood(v, X, probes=1.0), TypeError, "probes"),
+    ("log_likelihood", lambda: log_likelihood(v, X, steps=0), ValueError, "steps"),
+    ("log_likelihood", lambda: log_likelihood(v, X, divergence="trace"), ValueError, "divergence"),
+    ("log_likelihood", lambda: log_likelihood(v, X, method="dopri5", rtol=-1.0), ValueError, "rtol"),
+    ("log_likelihood", lambda: log_likelihood(v, "x"), TypeError, "x must be"),
+    ("divergence", lambda: divergence(v, "x", 0.0), TypeError, "x must be"),
+    ("divergence", lambda: divergence(None, X, 0.0), TypeError, "v must be"),
+    ("divergence", lambda: divergence(v, X, torch.zeros(3)), ValueError, "t must be"),
+    ("minibatch_ot", lambda: minibatch_ot([[1.0]], X), TypeError, "x0"),
+    ("minibatch_ot", lambda: minibatch_ot(X, torch.zeros(3, 2)), ValueError, "x0 and x1"),
+    ("wasserstein2", lambda: wasserstein2([[1.0]], X), TypeError, "x must be"),
+    ("wasserstein2", lambda: wasserstein2(X, torch.zeros(3, 5)), ValueError, "x and y"),
+    ("path_energy", lambda: path_energy(v, X, steps=2.0), TypeError, "steps"),
+    ("path_energy", lambda: path_energy(v, X, steps=0), ValueError, "steps"),
+    ("path_energy", lambda: path_energy(v, "x0"), TypeError, "x0"),
+    ("normalized_path_energy", lambda: normalized_path_energy(v, X, X), ValueError, "W2(x0, x1) = 0"),
+    ("normalized_path_energy", lambda: normalized_path_energy(v, X, X + 1, steps=1.0), TypeError, "steps"),
+    ("straightness", lambda: straightness("traj"), TypeError, "traj"),
+    ("straightness", lambda: straightness(torch.zeros(1, 3, 2)), ValueError, "traj"),
+    ("MLP", lambda: MLP(2.0), TypeError, "dim"),
+    ("MLP", lambda: MLP(0), ValueError, "dim"),
+    ("MLP", lambda: MLP(2, hidden="64"), TypeError, "hidden"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=10.0, progress=False), TypeError, "steps"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=0, progress=False), ValueError, "steps"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, lr="1e-3", progress=False), TypeError, "lr"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, lr=0.0, progress=False), ValueError, "lr"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, batch_size=0, progress=False), ValueError, "batch"),
+    ("train", lambda: train(MLP(2), GaussianPath(), "data", steps=1, progress=False), TypeError, "data"),
+    ("load_digits_split", lambda: load_digits_split(test_fraction=1.0), ValueError, "test_fraction"),
+    ("load_digits_split", lambda: load_digits_split(test_fraction="0.2"), TypeError, "test_fraction"),
+    ("load_digits_split", lambda: load_digits_split(seed=0.0), TypeError, "seed"),
+    ("load_digits_split", lambda: load_digits_split(dtype="float32"), TypeError, "dtype"),
+    ("load_digits_split", lambda: load_digits_split(dtype=torch.int64), ValueError, "dtype"),
+    ("DigitUNet", lambda: DigitUNet(channels=12), ValueError, "channels"),
+    ("DigitUNet", lambda: DigitUNet(channels=16.0), TypeError, "channels"),
+    ("DigitUNet", lambda: DigitUNet(num_classes=0), ValueError, "num_classes"),
+    ("drop_labels", lambda: drop_labels(torch.arange(3), 1.5, 10), ValueError, "p_uncond"),
+    ("drop_labels", lambda: drop_labels(torch.arange(3), "0.5", 10), TypeError, "p_uncond"),
+    ("drop_labels", lambda: drop_labels([0, 1, 2], 0.5, 10), TypeError, "labels"),
+    ("drop_labels", lambda: drop_labels(torch.arange(3), 0.5, "10"), TypeError, "null_label"),
+    (
+        "train_conditional",
+        lambda: train_conditional(unet(), GaussianPath(), IMAGES, torch.arange(3), steps=0, progress=False),
+        ValueError,
+        "steps",
+    ),
+    (
+        "train_conditional",
+        lambda: train_conditional(unet(), GaussianPath(), IMAGES, torch.arange(3), steps=1.0, progress=False),
+        TypeError,
+        "steps",
+    ),
+    (
+        "train_conditional",
+        lambda: train_conditional(
+            unet(), GaussianPath(), IMAGES, torch.arange(3), steps=1, p_uncond=2.0, progress=False
+        ),
+        ValueError,
+        "p_uncond",
+    ),
+    ("cfg_combine", lambda: cfg_combine(X, X, -1.0), ValueError, "w"),
+    ("cfg_combine", lambda: cfg_combine(X, X, "1"), TypeError, "w"),
+    ("cfg_combine", lambda: cfg_combine("v", X, 1.0), TypeError, "v_cond"),
+    ("cfg_combine", lambda: cfg_combine(X, torch.zeros(3, 2), 1.0), ValueError, "v_cond and v_uncond"),
+    ("guided_velocity", lambda: guided_velocity(unet(), 3, -2.0), ValueError, "w"),
+    ("guided_velocity", lambda: guided_velocity(unet(), 3, None), TypeError, "w"),
+    ("guided_velocity", lambda: guided_velocity(unet(), 11, 1.0), ValueError, "y"),
+    ("DigitClassifier", lambda: DigitClassifier(hidden=0), ValueError, "hidden"),
+    ("DigitClassifier", lambda: DigitClassifier(hidden=2.5), TypeError, "hidden"),
+    ("DigitClassifier", lambda: DigitClassifier(alpha=-1.0), ValueError, "alpha"),
+    ("DigitClassifier", lambda: DigitClassifier(max_iter=None), TypeError, "max_iter"),
+    ("frechet_distance", lambda: frechet_distance(np.zeros((1, 2)), np.zeros((3, 2))), ValueError, "2 samples"),
+    ("frechet_distance", lambda: frechet_distance(np.zeros((3, 2)), np.zeros((3, 4))), ValueError, "features1"),
+    (
+        "frechet_distance_gaussians",
+        lambda: frechet_distance_gaussians(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)),
+        ValueError,
+        "mu1, mu2",
+    ),
+    (
+        "frechet_distance_gaussians",
+        lambda: frechet_distance_gaussians(np.zeros(1), np.eye(1) * np.nan, np.zeros(1), np.eye(1)),
+        ValueError,
+        "cov1",
+    ),
+    ("nearest_distances", lambda: nearest_distances("x", X), TypeError, "samples"),
+    ("nearest_distances", lambda: nearest_distances(X, torch.zeros(3, 5)), ValueError, "samples and reference"),
+    ("image_grid", lambda: image_grid(IMAGES, nrow=0), ValueError, "nrow"),
+    ("image_grid", lambda: image_grid(IMAGES, nrow=2.0), TypeError, "nrow"),
+    ("image_grid", lambda: image_grid(torch.zeros(3, 8, 8), nrow=2), ValueError, "images"),
+    ("image_grid", lambda: image_grid("images", nrow=2), TypeError, "images"),
+    ("two_moons", lambda: two_moons(0), ValueError, "n must be"),
+    ("two_moons", lambda: two_moons(2.0), TypeError, "n must be"),
+    ("two_moons", lambda: two_moons(5, noise=-1.0), ValueError, "noise"),
+    ("two_moons", lambda: two_moons(5, noise="0.1"), TypeError, "noise"),
+    ("eight_gaussians", lambda: eight_gaussians(5, std=-1.0), ValueError, "std"),
+    ("eight_gaussians", lambda: eight_gaussians(5, radius="2"), TypeError, "radius"),
+    ("checkerboard", lambda: checkerboard(1.5), TypeError, "n must be"),
+    ("checkerboard", lambda: checkerboard(-1), ValueError, "n must be"),
+    ("spirals", lambda: spirals(5, noise=float("inf")), ValueError, "noise"),
+    ("s_curve", lambda: s_curve(5, noise=-1.0), ValueError, "noise"),
+    ("sample_data", lambda: sample_data("two_moons", 5), ValueError, "name"),
+    ("sample_data", lambda: sample_data(3, 5), TypeError, "name"),
+    ("sample_data", lambda: sample_data("moons", 5.0), TypeError, "n must be"),
+    ("seeded_generator", lambda: seeded_generator(-1), ValueError, "seed"),
+    ("seeded_generator", lambda: seeded_generator(1.0), TypeError, "seed"),
+    ("seeded_generator", lambda: seeded_generator("1"), TypeError, "seed"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", [row(*r) for r in TABLE])
+def test_bad_input_raises_the_right_error_naming_the_argument(call, error, match):
+    with pytest.raises(error) as info:
+        call()
+    assert type(info.value) is error  # not a subclass that happens to match (e.g. an error from a library)
+    assert match in str(info.value), str(info.value)
+
+
+def test_every_public_callable_has_a_row():
+    public = {name for name in fmlib.__all__ if callable(getattr(fmlib, name))} - NOT_CHECKED
+    covered = {r[0] for r in TABLE}
+    assert public - covered == set(), f"public callables without a bad-input row: {sorted(public - covered)}"
+    assert covered <= set(fmlib.__all__)
+
+
+@pytest.mark.parametrize("notebook", sorted(pathlib.Path(__file__).parent.parent.glob("book/*.ipynb")), ids=str)
+def test_notebook_kernelspec_is_python3(notebook):
+    # Jupyter Book and nbval start the kernel named here; any other name fails with NoSuchKernel.
+    meta = json.loads(notebook.read_text(encoding="utf-8"))["metadata"]
+    assert meta.get("kernelspec", {}).get("name") == "python3", (notebook.name, meta.get("kernelspec"))
+
+
+def test_there_are_notebooks_to_check():
+    assert len(list(pathlib.Path(__file__).parent.parent.glob("book/*.ipynb"))) >= 7
