@@ -168,11 +168,15 @@ def check_velocity_output(out: object, x: Tensor, name: str = "v(x, t)") -> Tens
 
 
 def check_labels(y: object, batch: int, num_classes: int, allow_null: bool = True, name: str = "y") -> Tensor:
-    """Return y as an int64 tensor of shape (batch,) after checking its values."""
+    """Return y as an int64 tensor of shape (batch,) after checking its values.
+
+    Raises TypeError for anything but an int or an integer tensor, ValueError for a wrong shape or a label
+    outside 0..num_classes - 1 (0..num_classes with the null label when ``allow_null``).
+    """
     top = num_classes if allow_null else num_classes - 1
     if isinstance(y, Tensor):
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"{name} must hold integer labels in 0..{top}; got dtype {y.dtype}")
+            raise TypeError(f"{name} must hold integer labels in 0..{top}; got dtype {y.dtype}")
         if y.dim() == 0:
             y = y.expand(batch)
         if y.shape != (batch,):
@@ -180,7 +184,7 @@ def check_labels(y: object, batch: int, num_classes: int, allow_null: bool = Tru
     elif isinstance(y, int) and not isinstance(y, bool):
         y = torch.full((batch,), y, dtype=torch.long)
     else:
-        raise ValueError(f"{name} must be an int or an integer tensor of shape ({batch},); got {type(y).__name__}")
+        raise TypeError(f"{name} must be an int or an integer tensor of shape ({batch},); got {type(y).__name__}")
     if batch > 0:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi > top:

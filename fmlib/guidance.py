@@ -126,7 +126,9 @@ def guided_velocity(model: Callable[..., Tensor], y: int | Tensor, w: float) -> 
     w = _check_w(w)
     num_classes = getattr(model, "num_classes", None)
     if not isinstance(num_classes, int):
-        raise ValueError("model must have an int attribute num_classes (the null label); got none")
+        raise TypeError(
+            f"model must have an int attribute num_classes (the null label); got {type(num_classes).__name__}"
+        )
     if isinstance(y, Tensor):
         y = check_labels(y, y.shape[0] if y.dim() else 1, num_classes, allow_null=False)
     else:

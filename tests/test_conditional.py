@@ -125,9 +125,18 @@ def test_model_depends_on_label_and_time_and_follows_dtype():
     assert model64(x.double(), 0.5, 1).dtype == torch.float64
 
 
-@pytest.mark.parametrize("y", [torch.tensor([0, 11]), torch.tensor([-1, 0]), 11, torch.tensor([0.0, 1.0]), [0, 1]])
-def test_model_rejects_bad_labels(y):
-    with pytest.raises(ValueError, match="y"):
+@pytest.mark.parametrize(
+    "y, error",
+    [
+        (torch.tensor([0, 11]), ValueError),
+        (torch.tensor([-1, 0]), ValueError),
+        (11, ValueError),
+        (torch.tensor([0.0, 1.0]), TypeError),  # the wrong kind of labels
+        ([0, 1], TypeError),
+    ],
+)
+def test_model_rejects_bad_labels(y, error):
+    with pytest.raises(error, match="y"):
         small_model()(torch.zeros(2, 1, 8, 8), 0.5, y)
 
 
@@ -336,3 +345,8 @@ def test_image_grid():
     assert (grid[3:5, 3:5] == -5.0).all()  # the missing fourth tile
     with pytest.raises(ValueError, match="nrow"):
         image_grid(images, nrow=0)
+
+
+def test_guided_velocity_needs_a_conditional_model():
+    with pytest.raises(TypeError, match="num_classes"):
+        guided_velocity(torch.nn.Linear(2, 2), 1, w=2.0)
