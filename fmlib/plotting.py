@@ -774,7 +774,7 @@ def animate_flow(
     nrows = math.ceil(npanel / ncols)
     aspect = (extent[3] - extent[2]) / (extent[1] - extent[0])
     width = min(MAX_FIGURE_WIDTH, 3.9 * ncols)
-    height = nrows * (min((width / ncols - 0.75) * aspect, 4.5) + 1.1) + 0.45
+    height = nrows * (min((width / ncols - 1.0) * aspect, 4.5) + 1.0) + 0.4
     fig, grid = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained")
     axes = list(grid.ravel())
     for ax in axes[npanel:]:

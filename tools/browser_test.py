@@ -90,7 +90,8 @@ JS_PAGE_STATE = r"""
     return last.slice(0, 60);
   };
   // Visible text outside code, scripts and typeset math: where untypeset TeX would show.
-  const skip = 'pre, code, script, style, mjx-container, .highlight, textarea';
+  // (API signatures, dt.sig, are code too: a default value may be a string holding TeX.)
+  const skip = 'pre, code, script, style, mjx-container, .highlight, textarea, .sig';
   const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT);
   let text = '';
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
