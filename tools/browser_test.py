@@ -12,7 +12,8 @@ which are handled apart), in a 1280 x 900 window, it checks that
 - no raw TeX is visible in the rendered text outside code and math: no ``$``, ``$$``, ``\\[``, ``\\begin{``
   or other backslash command (``\\frac``, ``\\mathcal``, ...);
 - no display equation is wider than its container (it would be cut off or scroll);
-- every figure image is legible: its pixels per typographic point on screen,
+- every figure image (also those in collapsed cells, measured with every toggle open) is legible: its
+  pixels per typographic point on screen,
   (dpi / 72) x (displayed width / natural width), is at least MIN_PX_PER_POINT = 1.0, so a 10 pt label
   is at least 10 px tall. The dpi is read from the PNG's pHYs chunk (matplotlib writes it), from a
   ``data-dpi`` attribute (fmlib.plotting's animations), or from an SVG's width in points;
@@ -140,6 +141,15 @@ JS_PAGE_STATE = r"""
         .filter(p => p.getClientRects().length > 0 && p.scrollWidth > p.clientWidth + 1)
         .map(p => ({over: p.scrollWidth - p.clientWidth, where: nearestHeading(p)})),
   };
+}
+"""
+
+
+# Open what a reader can unfold: myst-nb's hidden cells (<details>) and sphinx-togglebutton's toggles.
+JS_EXPAND_TOGGLES = r"""
+() => {
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
 }
 """
 
@@ -368,7 +378,6 @@ def check_page(page: Page, base: str, rel: str, report: Report, shots: Path | No
         report.fail(rel, f"MathJax errors: {state['mathErrors']}")
     check_raw_tex(state["text"], rel, report)
     check_equations(state["equations"], rel, report)
-    check_figures(state["figures"], rel, report)
     check_outputs(state["outputs"], rel, report)
     for code in state["scrollingCode"]:
         report.warn(rel, f"a code cell scrolls sideways by {code['over']} px (after '{code['where']}')")
@@ -398,6 +407,10 @@ def check_page(page: Page, base: str, rel: str, report: Report, shots: Path | No
     if shots is not None:
         out = shots / screenshot_name(rel)
         page.screenshot(path=str(out), full_page=True)
+    # Figures in collapsed cells (hide-output, exercise solutions) count too: open every toggle, then measure.
+    page.evaluate(JS_EXPAND_TOGGLES)
+    page.wait_for_timeout(300)
+    check_figures(page.evaluate(JS_PAGE_STATE)["figures"], rel, report)
     print(f"ok {rel}: {state['mjx']} formulas, {len(state['images'])} images, {len(state['tocLinks'])} toc links")
 
 
