@@ -25,6 +25,7 @@ which are handled apart), in a 1280 x 900 window, it checks that
   of the toolchain, KNOWN_JS_ERRORS, are warnings); requests for anything outside the book (a CDN) are
   blocked and fail the page: the book must need nothing from outside;
 - every link of the table of contents (the sidebar) resolves to an existing page (HTTP 200);
+- the launch buttons (Colab, Binder) open the page's own notebook, ``.../book/NN_x.ipynb``;
 
 then that the search page (``search.html?q=continuity``) lists at least one result. Code cells that scroll
 sideways at 1280 px are reported as warnings. Full-page screenshots of each page at 1280 px and at 400 px
@@ -116,6 +117,9 @@ JS_PAGE_STATE = r"""
     outputsWithTraceback: Array.from(document.querySelectorAll('.cell_output, .output'))
         .filter(o => o.innerText.includes('Traceback')).length,
     tocLinks: Array.from(document.querySelectorAll('.bd-sidebar-primary nav.bd-docs-nav a[href]'))
+        .map(a => a.href),
+    // Launch buttons (Colab, Binder): where they send the reader.
+    launchLinks: Array.from(document.querySelectorAll('a[href*="colab.research.google.com"], a[href*="mybinder.org"]'))
         .map(a => a.href),
     // Figure images in the page's content (not the logo or icons): natural and displayed size, recorded dpi.
     figures: Array.from(main.querySelectorAll('img')).filter(i => i.getClientRects().length > 0).map(i => ({
@@ -379,6 +383,10 @@ def check_page(page: Page, base: str, rel: str, report: Report, shots: Path | No
     check_raw_tex(state["text"], rel, report)
     check_equations(state["equations"], rel, report)
     check_outputs(state["outputs"], rel, report)
+    for href in state["launchLinks"]:
+        # the page book/NN_x.html opens book/NN_x.ipynb of the repository (no "/./" from a "." path_to_book)
+        if "/./" in href or not href.endswith(rel.removesuffix(".html") + ".ipynb"):
+            report.fail(rel, f"launch button points to {href}, not to {rel.removesuffix('.html')}.ipynb")
     for code in state["scrollingCode"]:
         report.warn(rel, f"a code cell scrolls sideways by {code['over']} px (after '{code['where']}')")
     for img in state["images"]:
