@@ -370,7 +370,10 @@ def check_page(page: Page, base: str, rel: str, report: Report, shots: Path | No
         wait_for_math(page)
     except Exception as exc:  # a timeout: the counts below say what is missing
         report.fail(rel, f"MathJax did not finish: {type(exc).__name__}")
-    page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
+    try:
+        page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
+    except Exception as exc:  # a slow (shared) machine: check what has loaded; failed requests are caught below
+        report.warn(rel, f"the network did not go idle: {type(exc).__name__}")
     state = page.evaluate(JS_PAGE_STATE)
     report.pages += 1
     if state["mathSources"]:
