@@ -121,8 +121,10 @@ $(MATHJAX_JS):
 
 mathjax: $(MATHJAX_JS)
 
-# Headless Chromium over the built book (tools/browser_test.py): math rendered, images loaded, no tracebacks,
-# table-of-contents links alive, search works; screenshots in _build/screenshots/. Run `make book` first.
+# Headless Chromium over the built book (tools/browser_test.py) at 1280 x 900: math rendered, no raw TeX, display
+# equations within the column, every figure at >= 1 px per point, no visible check output, images loaded, no
+# tracebacks, nothing from a CDN, table-of-contents links alive, search works; screenshots at 1280 and 400 px in
+# _build/screenshots/, figure densities and wide equations in _build/browser-report.json. Run `make book` first.
 # Playwright drives the system's Chromium (Debian: apt-get install chromium); it downloads no browser.
 CHROMIUM ?= /usr/bin/chromium
 BOOK_HTML ?= _build/html
@@ -130,4 +132,5 @@ browser-test: $(STAMP)
 	test -f $(BOOK_HTML)/index.html || { echo "no $(BOOK_HTML)/index.html: run make book first"; exit 1; }
 	test -x "$(CHROMIUM)" || { echo "no Chromium at $(CHROMIUM): apt-get install chromium, or CHROMIUM=/path/to/chrome"; exit 1; }
 	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[browser]"
-	$(BIN)/python tools/browser_test.py $(BOOK_HTML) --chromium "$(CHROMIUM)" --screenshots _build/screenshots
+	$(BIN)/python tools/browser_test.py $(BOOK_HTML) --chromium "$(CHROMIUM)" --screenshots _build/screenshots \
+	  --json _build/browser-report.json

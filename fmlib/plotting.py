@@ -244,10 +244,11 @@ def add_colorbar(mappable, ax: plt.Axes | Sequence[plt.Axes], label: str, **kwar
 
 
 def diverging_norm(values: ArrayLike | None = None, vmax: float | None = None) -> TwoSlopeNorm:
-    """A colour norm centred on zero and symmetric, for signed quantities (differences, residuals).
+    r"""A colour norm centred on zero and symmetric, for signed quantities (differences, residuals).
 
-    The limits are ``-vmax`` and ``vmax``, with ``vmax`` given or ``max |values|`` (1.0 when all
-    values are zero). Use it with a diverging colour map such as ``"RdBu_r"``.
+    The limits are :math:`\pm v_{\max}`, with :math:`v_{\max}` = ``vmax`` if given, else
+    :math:`\max_i |\mathrm{values}_i|` (1.0 when all values are zero). Use it with a diverging colour
+    map such as ``"RdBu_r"``.
 
     Raises:
         ValueError: neither ``values`` nor ``vmax`` given, ``vmax <= 0``, or non-finite values.
@@ -266,7 +267,7 @@ def diverging_norm(values: ArrayLike | None = None, vmax: float | None = None) -
 
 
 def loglog_slope(x: ArrayLike | Sequence[float], y: ArrayLike | Sequence[float]) -> float:
-    """Least-squares slope of log y against log x: the order p in ``y ~ C x^p``.
+    r"""Least-squares slope of log y against log x: the order :math:`p` in :math:`y \approx C x^p`.
 
     >>> round(loglog_slope([1, 2, 4, 8], [1.0, 0.25, 0.0625, 0.015625]), 6)
     -2.0
@@ -773,7 +774,7 @@ def animate_flow(
     nrows = math.ceil(npanel / ncols)
     aspect = (extent[3] - extent[2]) / (extent[1] - extent[0])
     width = min(MAX_FIGURE_WIDTH, 3.9 * ncols)
-    height = nrows * (min((width / ncols - 0.75) * aspect, 4.5) + 1.1) + 0.45
+    height = nrows * (min((width / ncols - 1.0) * aspect, 4.5) + 1.0) + 0.4
     fig, grid = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained")
     axes = list(grid.ravel())
     for ax in axes[npanel:]:
