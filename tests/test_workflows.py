@@ -270,7 +270,11 @@ def test_the_cdn_config_drops_only_the_offline_mathjax_settings():
     cdn = mathjax_cdn_config.cdn_config(config)
     settings, original = cdn["sphinx"]["config"], config["sphinx"]["config"]
     assert "mathjax_path" in original and "html_static_path" in original  # the offline copy is the default
-    assert set(original) - set(settings) == {"mathjax_path", "html_static_path"}
+    assert set(original) - set(settings) == {"mathjax_path"}
+    # the offline MathJax folder goes, the book's own static files (its stylesheet) stay
+    assert "_build/mathjax" in original["html_static_path"] and "_build/mathjax" not in settings["html_static_path"]
+    assert settings["html_static_path"] == [p for p in original["html_static_path"] if p != "_build/mathjax"]
+    assert settings["html_static_path"], "the stylesheet folder must survive the CDN build"
     assert settings["mathjax3_config"] == original["mathjax3_config"]  # the macros stay
     assert {k: v for k, v in cdn.items() if k != "sphinx"} == {k: v for k, v in config.items() if k != "sphinx"}
 

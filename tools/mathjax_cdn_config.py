@@ -3,8 +3,8 @@
     python tools/mathjax_cdn_config.py _config.yml _build/_config_cdn.yml
 
 `make book` uses it where npm is missing (and no MathJax was fetched before): the copy drops the two settings that
-point at the offline MathJax (``sphinx.config.html_static_path`` and ``mathjax_path``) and keeps everything else,
-the MathJax macros included. Jupyter Book reads it with ``jupyter-book build . --config _build/_config_cdn.yml``.
+point at the offline MathJax (the ``_build/mathjax`` entry of ``sphinx.config.html_static_path``, and
+``mathjax_path``) and keeps everything else: the book's own static files (its stylesheet) and the MathJax macros. Jupyter Book reads it with ``jupyter-book build . --config _build/_config_cdn.yml``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ from pathlib import Path
 
 import yaml
 
-OFFLINE_KEYS = ("html_static_path", "mathjax_path")
+OFFLINE_MATHJAX_DIR = "_build/mathjax"
 
 
 def cdn_config(config: dict) -> dict:
     """The configuration without the offline-MathJax settings (a new dict; the input is not changed)."""
     sphinx = dict(config.get("sphinx") or {})
-    settings = {k: v for k, v in (sphinx.get("config") or {}).items() if k not in OFFLINE_KEYS}
+    settings = {k: v for k, v in (sphinx.get("config") or {}).items() if k != "mathjax_path"}
+    static = [p for p in settings.get("html_static_path", []) if p != OFFLINE_MATHJAX_DIR]
+    if static:
+        settings["html_static_path"] = static
+    else:
+        settings.pop("html_static_path", None)
     return {**config, "sphinx": {**sphinx, "config": settings}}
 
 
