@@ -17,12 +17,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_batch, check_finite
+from ._checks import check_batch, check_finite, check_int, check_real
+
+if TYPE_CHECKING:
+    from .solvers import FixedStepMethod, StepFunction
 
 __all__ = ["ot_assignment", "minibatch_ot", "sinkhorn_coupling", "reflow_pairs"]
 
@@ -142,7 +146,7 @@ def ot_assignment(x0: Tensor, x1: Tensor, labels: Tensor | None = None, block_si
     Raises:
         ValueError: batch sizes or feature shapes differ (checked before anything is solved), an empty
             batch, non-finite values, labels of the wrong shape or dtype, block_size < 1.
-        TypeError: x0 or x1 not a floating tensor, labels not a tensor.
+        TypeError: x0 or x1 not a floating tensor, labels not a tensor, block_size not an int.
 
     Example:
         >>> import torch
@@ -152,8 +156,8 @@ def ot_assignment(x0: Tensor, x1: Tensor, labels: Tensor | None = None, block_si
     """
     _pair_checked(x0, x1)
     n = x0.shape[0]
-    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
-        raise ValueError(f"block_size must be None or an int >= 1; got {block_size!r}")
+    if block_size is not None:
+        block_size = check_int(block_size, "block_size")
     groups: list[np.ndarray]
     if labels is None:
         groups = [np.arange(n)]
@@ -280,10 +284,11 @@ def sinkhorn_coupling(
         A coupling callable ``(x0, x1) -> pi``, pi int64 of shape (B,) on x1's device.
 
     Raises:
-        ValueError: reg not a finite number > 0, an unknown method, bad num_iter or tol (at once); at
-            call time, the errors of :func:`ot_assignment` and a ``reg`` so small for the plain method that
+        ValueError: reg or tol not finite and > 0, an unknown method, num_iter < 1 (at once); at call
+            time, the errors of :func:`ot_assignment` and a ``reg`` so small for the plain method that
             ``exp(-cost / reg)`` underflows (the message gives the smallest reg that works).
-        TypeError: reg not a number.
+        TypeError: reg, tol or num_iter not a number of the right kind, method not a string, generator
+            not a torch.Generator.
 
     Warns:
         UserWarning: at call time, when the iterations stop before the plan's column sums are within 1% of
@@ -295,21 +300,23 @@ def sinkhorn_coupling(
         >>> sinkhorn_coupling(reg=0.5, generator=torch.Generator().manual_seed(0))(x0, x1).tolist()
         [1, 0]
     """
-    if isinstance(reg, bool) or not isinstance(reg, (int, float)):
-        raise TypeError(f"reg must be a float > 0; got {type(reg).__name__}")
-    if not np.isfinite(reg) or reg <= 0:
-        raise ValueError(f"reg must be a finite float > 0; got {reg}")
+    reg = check_real(reg, "reg", low=0.0, low_inclusive=False)
+    if not isinstance(method, str):
+        raise TypeError(f"method must be 'sinkhorn' or 'sinkhorn_log'; got {type(method).__name__}")
     if method not in ("sinkhorn", "sinkhorn_log"):
         raise ValueError(f"method must be 'sinkhorn' or 'sinkhorn_log'; got {method!r}")
-    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
-        raise ValueError(f"num_iter must be an int >= 1; got {num_iter!r}")
-    if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be a finite float > 0; got {tol!r}")
-    return partial(_sinkhorn_pairs, reg=float(reg), generator=generator, method=method, num_iter=num_iter, tol=tol)
+    num_iter = check_int(num_iter, "num_iter")
+    tol = check_real(tol, "tol", low=0.0, low_inclusive=False)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    return partial(_sinkhorn_pairs, reg=reg, generator=generator, method=method, num_iter=num_iter, tol=tol)
 
 
 def reflow_pairs(
-    v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, steps: int = 100, method: str = "rk4"
+    v: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    steps: int = 100,
+    method: str | StepFunction | FixedStepMethod = "rk4",
 ) -> tuple[Tensor, Tensor]:
     """The coupling of a trained flow: ``(x0, x1_hat)`` with x1_hat the endpoint of x0 under dx/dt = v(x, t).
 
@@ -323,7 +330,8 @@ def reflow_pairs(
         v: velocity field ``v(x, t)`` (a trained model), x of shape ``(B, *D)``, t of shape (B,).
         x0: source draws, shape ``(B, *D)``, finite.
         steps: number of fixed steps of :func:`~fmlib.integrate`, >= 1.
-        method: integrator, as for :func:`~fmlib.integrate` (default ``"rk4"``).
+        method: a solver name, step function or :class:`~fmlib.FixedStepMethod`, as for
+            :func:`~fmlib.integrate` (default ``"rk4"``).
 
     Returns:
         ``(x0, x1_hat)``, both of shape ``(B, *D)``, x0's dtype and device, detached.
@@ -331,6 +339,7 @@ def reflow_pairs(
     Raises:
         ValueError: x0 empty or non-finite, bad steps or method (from integrate), or a flow that leaves the
             finite numbers (x1_hat holds NaN or inf).
+        TypeError: v not callable, x0 not a floating tensor, steps or method of the wrong kind.
 
     Example:
         >>> import torch
@@ -340,6 +349,8 @@ def reflow_pairs(
     """
     from .solvers import integrate
 
+    if not callable(v):
+        raise TypeError(f"v must be a callable velocity field v(x, t); got {type(v).__name__}")
     _points(x0, "x0")
     with torch.no_grad():
         x1_hat = integrate(v, x0, 0.0, 1.0, steps=steps, method=method)

@@ -163,6 +163,7 @@ def test_one_point_and_ties():
         (dict(x0=torch.zeros(2, 2), x1=torch.zeros(2, 2), labels=torch.zeros(2)), ValueError, "labels"),
         (dict(x0=torch.zeros(2, 2), x1=torch.zeros(2, 2), labels=[0, 1]), TypeError, "labels"),
         (dict(x0=torch.zeros(2, 2), x1=torch.zeros(2, 2), block_size=0), ValueError, "block_size"),
+        (dict(x0=torch.zeros(2, 2), x1=torch.zeros(2, 2), block_size=8.0), TypeError, "block_size"),
         (dict(x0=torch.zeros(2, 2, dtype=torch.long), x1=torch.zeros(2, 2)), TypeError, "x0"),
     ],
 )
@@ -233,7 +234,9 @@ def test_sinkhorn_reports_underflow_instead_of_nan(gen):
         (dict(reg="1"), TypeError),
         (dict(reg=1.0, method="greenkhorn"), ValueError),
         (dict(reg=1.0, num_iter=0), ValueError),
+        (dict(reg=1.0, num_iter=10.0), TypeError),
         (dict(reg=1.0, tol=0.0), ValueError),
+        (dict(reg=1.0, method=None), TypeError),
     ],
 )
 def test_sinkhorn_bad_arguments(kwargs, exc):
