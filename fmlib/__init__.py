@@ -5,7 +5,7 @@ a velocity field is a callable ``v(x, t)`` with x of shape ``(B, *D)`` and t of
 shape (B,).
 """
 
-from .couplings import minibatch_ot
+from .couplings import minibatch_ot, ot_assignment, reflow_pairs, sinkhorn_coupling
 from .data import (
     DATASETS,
     DigitsSplit,
@@ -33,7 +33,7 @@ from .metrics import (
     wasserstein2,
 )
 from .models import MLP, DigitUNet
-from .paths import GaussianPath, LinearPath, PathSample, ProbPath
+from .paths import GaussianPath, LinearPath, PathSample, ProbPath, SchrodingerBridgePath
 from .plotting import image_grid
 from .solvers import (
     ADAPTIVE_METHODS,
@@ -79,6 +79,10 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "divergence",
     "minibatch_ot",
+    "ot_assignment",
+    "sinkhorn_coupling",
+    "reflow_pairs",
+    "SchrodingerBridgePath",
     "wasserstein2",
     "path_energy",
     "normalized_path_energy",

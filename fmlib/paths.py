@@ -298,3 +298,157 @@ class GaussianPath(ProbPath):
         t = as_time(t, x)
         s = self._std_checked(t)
         return _gaussian_log_prob(x, unsqueeze_like(t, x) * x1, s)
+
+
+class SchrodingerBridgePath(ProbPath):
+    """Brownian-bridge conditional path with z = (x0, x1), the path of SB-CFM (Tong et al. 2024).
+
+    x_t = (1 - t) x0 + t x1 + sigma sqrt(t (1 - t)) eps,   eps ~ N(0, I),
+
+    so p_t(x | x0, x1) = N(mu_t, s_t^2 I) with mu_t = (1 - t) x0 + t x1 and s_t = sigma sqrt(t (1 - t)):
+    the marginal at time t of a Brownian motion with diffusion coefficient sigma pinned at x0 and x1.
+    Its conditional velocity (Tong et al. 2024, SB-CFM) is the time derivative of the mean
+    plus that of the standard deviation times eps, written in x as
+
+    u_t(x | x0, x1) = (x1 - x0) + (1 - 2t) / (2 t (1 - t)) (x - mu_t),
+
+    which at a sample is (x1 - x0) + sigma (1 - 2t) / (2 sqrt(t (1 - t))) eps. Trained with the entropic
+    OT coupling of regularisation 2 sigma^2 (:func:`~fmlib.sinkhorn_coupling`) its marginal flow is that of
+    the Schrodinger bridge between the source and the data. At t = 0 and t = 1 the path is the point x0
+    (or x1); there the velocity is taken as its value on the mean path, x1 - x0 (the x - mu_t term is 0),
+    so samples and targets stay finite. Near the ends the target's eps term grows like 1 / sqrt(t).
+
+    Times are handled in ``torch.promote_types(x.dtype, torch.float32)``; results are in x's dtype.
+
+    Args:
+        sigma: diffusion coefficient of the bridge, a finite float > 0 (sigma = 0 is ``LinearPath()``).
+
+    Raises:
+        ValueError: sigma <= 0 or not finite.
+        TypeError: sigma not a number.
+
+    Example:
+        >>> import torch
+        >>> path = SchrodingerBridgePath(0.5)
+        >>> x0, x1 = torch.zeros(1, 2), torch.ones(1, 2)
+        >>> path.conditional_velocity(torch.tensor([[0.5, 0.75]]), 0.25, x0=x0, x1=x1)
+        tensor([[1.3333, 1.6667]])
+    """
+
+    def __init__(self, sigma: float) -> None:
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+            raise TypeError(f"sigma must be a float > 0; got {type(sigma).__name__}")
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"sigma must be a finite float > 0 (sigma = 0 is LinearPath()); got {sigma}")
+        self.sigma = float(sigma)
+
+    def __repr__(self) -> str:
+        return f"SchrodingerBridgePath(sigma={self.sigma})"
+
+    @staticmethod
+    def _times(t: float | Tensor, x: Tensor) -> Tensor:
+        """t as shape (B,) in the compute dtype promote_types(x.dtype, float32), checked to lie in [0, 1]."""
+        ct = torch.promote_types(x.dtype, torch.float32)
+        return as_time(t, torch.empty((x.shape[0],), dtype=ct, device=x.device))
+
+    @staticmethod
+    def _given(value: Tensor | None, name: str, x: Tensor) -> Tensor:
+        if value is None:
+            raise ValueError(f"SchrodingerBridgePath needs {name}: its condition z is (x0, x1); got None")
+        check_batch(value, name)
+        check_same_shape(value, x, name, "x")
+        return value
+
+    def mean(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """mu_t = (1 - t) x0 + t x1 for t of shape (B,) in the compute dtype; in the compute dtype."""
+        tt = unsqueeze_like(t, x1)
+        return (1 - tt) * x0.to(t.dtype) + tt * x1.to(t.dtype)
+
+    def std(self, t: Tensor) -> Tensor:
+        """s_t = sigma sqrt(t (1 - t)), the standard deviation of p_t(x | x0, x1); same shape and dtype as t."""
+        return self.sigma * torch.sqrt(t * (1 - t))
+
+    def _eps_coefficient(self, t: Tensor) -> Tensor:
+        """ds_t/dt / sigma = (1 - 2t) / (2 sqrt(t (1 - t))), set to 0 at t = 0 and t = 1 (the point masses)."""
+        root = torch.sqrt(t * (1 - t))
+        inside = root > 0
+        return torch.where(inside, (1 - 2 * t) / (2 * torch.where(inside, root, torch.ones_like(root))), 0.0)
+
+    def sample(self, x0: Tensor, x1: Tensor, t: float | Tensor, generator: torch.Generator | None = None) -> PathSample:
+        """Draw x_t = mu_t + sigma sqrt(t (1 - t)) eps and return it with u_t = x1 - x0 + sigma (ds/dt) eps.
+
+        Args:
+            x0: source draws, shape ``(B, *D)``, floating dtype.
+            x1: data points, the same shape.
+            t: times in [0, 1]; a float, a 0-d tensor or shape (B,).
+            generator: random generator for eps.
+
+        Returns:
+            A :class:`PathSample` (x_t, u_t in x1's dtype; t in the compute dtype).
+
+        Raises:
+            ValueError: if x0 and x1 differ in shape or t is outside [0, 1].
+            TypeError: if x0 or x1 is not a floating tensor.
+        """
+        x0, x1 = self._pair(x0, x1)
+        t = self._times(t, x1)
+        eps = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device).to(t.dtype)
+        x_t = self.mean(x0, x1, t) + unsqueeze_like(self.std(t), x1) * eps
+        u_t = (x1 - x0).to(t.dtype) + self.sigma * unsqueeze_like(self._eps_coefficient(t), x1) * eps
+        return PathSample(x_t=x_t.to(x1.dtype), u_t=u_t.to(x1.dtype), t=t, x0=x0, x1=x1)
+
+    def conditional_velocity(
+        self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
+    ) -> Tensor:
+        """u_t(x | x0, x1) = (x1 - x0) + (1 - 2t) / (2 t (1 - t)) (x - mu_t), shape ``(B, *D)``.
+
+        Evaluated as (x1 - x0) + [(1 - 2t) / (2 sqrt(t (1 - t)))] [(x - mu_t) / sqrt(t (1 - t))], which is
+        finite for points on the bridge at any t > 0; at t = 0 and t = 1 the path is a point and the value
+        is x1 - x0.
+
+        Raises:
+            ValueError: x0 or x1 missing, shapes differ, t outside [0, 1], or a point so far off the bridge
+                for t this close to 0 or 1 that the value overflows (it would be inf); at t = 0 or 1, a point
+                that is not the path's point x0 (or x1).
+        """
+        check_batch(x, "x")
+        x0 = self._given(x0, "x0", x)
+        x1 = self._given(x1, "x1", x)
+        t = self._times(t, x)
+        root = torch.sqrt(t * (1 - t))
+        offset = x.to(t.dtype) - self.mean(x0, x1, t)
+        ends = unsqueeze_like(root == 0, x)
+        if bool((ends & (offset != 0)).any()):
+            raise ValueError(
+                "at t = 0 (t = 1) the bridge is the point x0 (x1) and u_t(x | x0, x1) is only defined there; "
+                "x differs from it"
+            )
+        safe_root = unsqueeze_like(torch.where(root > 0, root, torch.ones_like(root)), x)
+        u = (x1 - x0).to(t.dtype) + unsqueeze_like(self._eps_coefficient(t), x) * (offset / safe_root)
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError(
+                "u_t(x | x0, x1) overflows: x is many standard deviations off the bridge at a t this close to 0 "
+                "or 1 (the field grows like (x - mu_t) / (t (1 - t)))"
+            )
+        return u.to(x.dtype)
+
+    def log_prob(self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None) -> Tensor:
+        """log N(x; mu_t, sigma^2 t (1 - t) I), shape (B,), in the compute dtype.
+
+        Raises:
+            ValueError: x0 or x1 missing, shapes differ, t outside [0, 1], or t = 0 or t = 1 (the path is a
+                point mass there and has no density).
+        """
+        check_batch(x, "x")
+        x0 = self._given(x0, "x0", x)
+        x1 = self._given(x1, "x1", x)
+        t = self._times(t, x)
+        s = self.std(t)
+        if bool((s <= 0).any()):
+            raise ValueError("SchrodingerBridgePath is a point mass at t = 0 and t = 1 and has no density there")
+        d = x[0].numel()
+        z = ((x.to(t.dtype) - self.mean(x0, x1, t)) / unsqueeze_like(s, x)).flatten(1)
+        return -0.5 * z.pow(2).sum(dim=1) - d * torch.log(s) - 0.5 * d * math.log(2 * math.pi)
+
+
+__all__ += ["SchrodingerBridgePath"]
