@@ -3,8 +3,9 @@
     python tools/mathjax_cdn_config.py _config.yml _build/_config_cdn.yml
 
 `make book` uses it where npm is missing (and no MathJax was fetched before): the copy drops the two settings that
-point at the offline MathJax (the ``_build/mathjax`` entry of ``sphinx.config.html_static_path``, and
-``mathjax_path``) and keeps everything else: the book's own static files (its stylesheet) and the MathJax macros. Jupyter Book reads it with ``jupyter-book build . --config _build/_config_cdn.yml``.
+point at the offline MathJax (the ``_build/mathjax`` entry of ``sphinx.config.html_static_path``,
+and ``mathjax_path``) and keeps everything else: the book's own static files (its stylesheet) and
+the MathJax macros. Jupyter Book reads it with ``jupyter-book build . --config _build/_config_cdn.yml``.
 """
 
 from __future__ import annotations
