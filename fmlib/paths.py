@@ -387,7 +387,7 @@ class VPScheduler(Scheduler):
     With s = 1 - t (the diffusion time), T(t) = beta_min s + (beta_max - beta_min) s^2 / 2,
     alpha_t = exp(-T / 2) and sigma_t = sqrt(1 - alpha_t^2), so alpha_t^2 + sigma_t^2 = 1.
     This is the VP SDE dx = -beta(s) x / 2 ds + sqrt(beta(s)) dW with the linear
-    beta(s) = beta_min + (beta_max - beta_min) s (Song et al. 2021, eq. 11 and Appendix C;
+    beta(s) = beta_min + (beta_max - beta_min) s (Song et al. 2021, Section 3.4, eq. 11;
     Ho et al. 2020 in continuous time); Lipman et al. (2024), Section 4.8.
 
     The path does not start at pure noise: alpha_0 = exp(-(beta_min + beta_max) / 4), which is
