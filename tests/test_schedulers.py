@@ -337,3 +337,19 @@ def test_low_precision_state_keeps_float32_times():
     assert s.t.dtype == torch.float32 and float(s.t[0]) == float(torch.tensor(0.999))
     score = path.velocity_to_score(u, x, 0.999)
     assert torch.isfinite(score).all()
+
+
+def test_change_scheduler_with_a_bfloat16_state_calls_v_with_float32_times():
+    seen = {}
+
+    def v(x, t):
+        seen["dtypes"] = (x.dtype, t.dtype)
+        return -x
+
+    field = change_scheduler(v, GaussianPath(), AffinePath(CosineScheduler()))
+    x = torch.full((3, 2), 0.5, dtype=torch.bfloat16)
+    out = field(x, 0.999)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert seen["dtypes"] == (torch.bfloat16, torch.float32)
+    reference = field(x.float(), 0.999)  # the same computation on the float32 state
+    torch.testing.assert_close(out.float(), reference, rtol=1e-2, atol=1e-2)
