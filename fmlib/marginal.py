@@ -28,8 +28,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_batch, check_int
-from .paths import ProbPath, SchedulerOutput, _times
+from ._checks import as_time, check_batch, check_int
+from .paths import ProbPath, SchedulerOutput
 
 __all__ = ["EmpiricalMarginal"]
 
@@ -120,7 +120,7 @@ class EmpiricalMarginal:
                 f"x must have the data's feature shape {tuple(self.data.shape[1:])}, i.e. shape (B, "
                 f"{', '.join(map(str, self.data.shape[1:]))}); got {tuple(x.shape)}"
             )
-        t = _times(t, x)
+        t = as_time(t, x)
         c = self._coefficients(t)
         bad = c.sigma_t <= 0
         if bool(bad.any()):

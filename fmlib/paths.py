@@ -49,27 +49,10 @@ __all__ = [
     "LinearPath",
     "GaussianPath",
     "PREDICTIONS",
-    "compute_dtype",
 ]
 
 PREDICTIONS = ("velocity", "x1", "epsilon")
 """What a network may predict on an affine path: the velocity, the data point x1 or the noise x0."""
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype for times and arithmetic on a state x: x's dtype, but at least float32.
-
-    Example:
-        >>> import torch
-        >>> compute_dtype(torch.zeros(1, dtype=torch.bfloat16)), compute_dtype(torch.zeros(1, dtype=torch.float64))
-        (torch.float32, torch.float64)
-    """
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _times(t: object, x: Tensor) -> Tensor:
-    """t as a (B,) tensor in the compute dtype of x (see :func:`compute_dtype`), checked to lie in [0, 1]."""
-    return as_time(t, x.new_empty((x.shape[0],), dtype=compute_dtype(x)))
 
 
 @dataclass
@@ -563,7 +546,7 @@ class AffinePath(ProbPath):
             TypeError: if x0 or x1 is not a floating tensor.
         """
         x0, x1 = self._pair(x0, x1)
-        t = _times(t, x1)
+        t = as_time(t, x1)
         a, s, da, ds = self._coef_like(t, x1)
         x0c, x1c = x0.to(t.dtype), x1.to(t.dtype)
         x_t = (a * x1c + s * x0c).to(x1.dtype)
@@ -589,7 +572,7 @@ class AffinePath(ProbPath):
         check_batch(x, "x")
         x1 = _required(x1, "x1", type(self).__name__)
         check_same_shape(x1, x, "x1", "x")
-        t = _times(t, x)
+        t = as_time(t, x)
         a, s, da, ds = self._coef_like(t, x)
         self._sigma_positive(s, t)
         x1c = x1.to(t.dtype)
@@ -605,7 +588,7 @@ class AffinePath(ProbPath):
         check_batch(x, "x")
         x1 = _required(x1, "x1", type(self).__name__)
         check_same_shape(x1, x, "x1", "x")
-        t = _times(t, x)
+        t = as_time(t, x)
         c = self._coef(t)
         self._sigma_positive(c.sigma_t, t)
         mean = unsqueeze_like(c.alpha_t, x) * x1.to(t.dtype)
@@ -637,7 +620,7 @@ class AffinePath(ProbPath):
         check_batch(value, name)
         check_batch(x, "x")
         check_same_shape(value, x, name, "x")
-        tc = _times(t, x)
+        tc = as_time(t, x)
         a, s, da, ds = self._coef_like(tc, x)
         return value.to(tc.dtype), x.to(tc.dtype), tc, a, s, da, ds
 
@@ -794,7 +777,7 @@ def change_scheduler(
 
     def field(x: Tensor, t: Tensor) -> Tensor:
         check_batch(x, "x")
-        r = _times(t, x)
+        r = as_time(t, x)
         new = to_path._coef(r)
         t_r = from_path.time_for_snr(new.alpha_t, new.sigma_t)
         old = from_path._coef(t_r)
@@ -897,7 +880,7 @@ class LinearPath(AffinePath):
             TypeError: if x0 or x1 is not a floating tensor.
         """
         x0, x1 = self._pair(x0, x1)
-        t = _times(t, x1)
+        t = as_time(t, x1)
         tt = unsqueeze_like(t, x1)
         x_t = (1 - tt) * x0.to(t.dtype) + tt * x1.to(t.dtype)
         if self.sigma > 0:
@@ -925,7 +908,7 @@ class LinearPath(AffinePath):
         x1 = _required(x1, "x1", "LinearPath")
         check_same_shape(x0, x, "x0", "x")
         check_same_shape(x1, x, "x1", "x")
-        _times(t, x)
+        as_time(t, x)
         return x1 - x0
 
     def log_prob(self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None) -> Tensor:
@@ -940,7 +923,7 @@ class LinearPath(AffinePath):
         x1 = _required(x1, "x1", "LinearPath")
         check_same_shape(x0, x, "x0", "x")
         check_same_shape(x1, x, "x1", "x")
-        t = _times(t, x)
+        t = as_time(t, x)
         if self.sigma == 0:
             raise ValueError("LinearPath(sigma=0) is a point mass given (x0, x1) and has no density; use sigma > 0")
         tt = unsqueeze_like(t, x)

@@ -22,9 +22,9 @@ from numbers import Real
 import torch
 from torch import Tensor
 
-from ._checks import check_batch, check_velocity_output
-from .paths import AffinePath, compute_dtype
-from .solvers import _check_steps, time_grid
+from ._checks import check_batch, check_int, check_velocity_output, compute_dtype
+from .paths import AffinePath
+from .solvers import time_grid
 
 __all__ = ["integrate_sde"]
 
@@ -84,8 +84,8 @@ def integrate_sde(
 
     Raises:
         TypeError: if v is not callable, x is not a floating tensor, path is not an AffinePath,
-            steps is not an int, or diffusion (or g(t)) is not a number.
-        ValueError: if diffusion (or g(t)) is negative or not finite, steps < 1,
+            or diffusion (or g(t)) is not a number.
+        ValueError: if diffusion (or g(t)) is negative or not finite, steps is not an int >= 1,
             the field returns another shape, or the state becomes NaN or inf.
 
     Example:
@@ -109,7 +109,7 @@ def integrate_sde(
         def g_of_t(t: float) -> float:
             return constant
 
-    grid = time_grid(0.0, 1.0, steps=_check_steps(steps)).tolist()
+    grid = time_grid(0.0, 1.0, steps=check_int(steps, "steps")).tolist()
     dtype = compute_dtype(x)
     state = x.to(dtype)
     states = [x] if trajectory else None

@@ -126,7 +126,7 @@ def test_bad_arguments_raise():
         integrate_sde(None, x, GaussianPath(), 0.5, 5)
     with pytest.raises(TypeError, match="path must be an AffinePath"):
         integrate_sde(lambda y, t: y, x, "cosine", 0.5, 5)
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
         integrate_sde(lambda y, t: y, x, GaussianPath(), 0.5, 0)
     with pytest.raises(ValueError, match="must return a tensor of x's shape"):
         integrate_sde(lambda y, t: y[:1], x, GaussianPath(), 0.5, 5)
