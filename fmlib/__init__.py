@@ -33,8 +33,23 @@ from .metrics import (
     wasserstein2,
 )
 from .models import MLP, DigitUNet
-from .paths import GaussianPath, LinearPath, PathSample, ProbPath, SchrodingerBridgePath
+from .paths import (
+    AffinePath,
+    CondOTScheduler,
+    CosineScheduler,
+    GaussianPath,
+    LinearPath,
+    PathSample,
+    PolynomialScheduler,
+    ProbPath,
+    Scheduler,
+    SchedulerOutput,
+    SchrodingerBridgePath,
+    VPScheduler,
+    change_scheduler,
+)
 from .plotting import image_grid
+from .sde import integrate_sde
 from .solvers import (
     ADAPTIVE_METHODS,
     METHODS,
@@ -60,6 +75,15 @@ __all__ = [
     "ProbPath",
     "LinearPath",
     "GaussianPath",
+    "Scheduler",
+    "SchedulerOutput",
+    "CondOTScheduler",
+    "CosineScheduler",
+    "PolynomialScheduler",
+    "VPScheduler",
+    "AffinePath",
+    "change_scheduler",
+    "integrate_sde",
     "cfm_loss",
     "EmpiricalMarginal",
     "euler_step",

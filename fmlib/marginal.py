@@ -1,25 +1,24 @@
 """The exact marginal path and velocity of an empirical data set.
 
-For data {x1^(i)}, i = 1..N, and x0 ~ N(0, I), both of fmlib's paths give a
-Gaussian conditional given x1 alone:
+For data {x1^(i)}, i = 1..N, and x0 ~ N(0, I), every affine path of fmlib gives a
+Gaussian conditional given x1 alone,
 
-    p_t(x | x1) = N(x; t x1, b_t^2 I),
-    GaussianPath(sigma_min):  b_t = 1 - (1 - sigma_min) t
-    LinearPath(sigma):        b_t^2 = (1 - t)^2 + sigma^2
+    p_t(x | x1) = N(x; alpha_t x1, sigma_t^2 I),
 
-(for the linear path, x_t - t x1 = (1 - t) x0 + sigma eps is a sum of
-independent centred Gaussians). The conditional velocity given x1 is, in both
-cases, u_t(x | x1) = x1 + (b_t' / b_t) (x - t x1): for the Gaussian path this
-is Lipman et al. (2023), eq. 15 (Theorem 3); for the linear path it is
-E[x1 - x0 | x_t = x, x1] = x1 - E[x0 | x_t = x, x1], with
-E[x0 | x_t = x, x1] = (1 - t) (x - t x1) / b_t^2 by Gaussian conditioning,
-and b_t' / b_t = -(1 - t) / b_t^2.
+with (alpha_t, sigma_t) and their derivatives from ``path.coefficients(t)``: the
+scheduler's values for an :class:`~fmlib.AffinePath` (so :class:`~fmlib.GaussianPath`
+and the cosine, polynomial and VP paths), and for :class:`~fmlib.LinearPath` (sigma)
+alpha_t = t, sigma_t^2 = (1 - t)^2 + sigma^2 (x_t - t x1 = (1 - t) x0 + sigma eps is a
+sum of independent centred Gaussians). The velocity given x1 is then
+u_t(x | x1) = d_alpha_t x1 + (d_sigma_t / sigma_t) (x - alpha_t x1): for a Gaussian
+path this is Lipman et al. (2023), Theorem 3 (eq. 15); for the linear path it is
+E[x1 - x0 | x_t = x, x1] by Gaussian conditioning.
 
-The marginal p_t(x) = (1/N) sum_i p_t(x | x1^(i)) is a Gaussian mixture and
-the marginal velocity (Lipman et al. 2023, eq. 8) is the posterior average
+The marginal p_t(x) = (1/N) sum_i p_t(x | x1^(i)) is a Gaussian mixture and the
+marginal velocity (Lipman et al. 2023, eq. 8) is the posterior average
 
     u_t(x) = sum_i w_i(x, t) u_t(x | x1^(i)),   w_i = softmax_i(log p_t(x | x1^(i)))
-           = xbar + (b_t' / b_t) (x - t xbar),  xbar = sum_i w_i x1^(i).
+           = d_alpha_t xbar + (d_sigma_t / sigma_t) (x - alpha_t xbar),  xbar = sum_i w_i x1^(i).
 """
 
 from __future__ import annotations
@@ -30,9 +29,12 @@ import torch
 from torch import Tensor
 
 from ._checks import as_time, check_batch, check_int
-from .paths import GaussianPath, LinearPath, ProbPath
+from .paths import ProbPath, SchedulerOutput
 
 __all__ = ["EmpiricalMarginal"]
+
+_SMALL_ALPHA = 1e-3
+"""Below this alpha_t the general (autograd or many-feature) route expands ||x - alpha_t x1||^2."""
 
 
 class EmpiricalMarginal:
@@ -40,8 +42,10 @@ class EmpiricalMarginal:
 
     Args:
         data: the data points x1^(i), shape ``(N, *D)``, floating dtype, N >= 1, finite.
-        path: a :class:`~fmlib.GaussianPath` or a :class:`~fmlib.LinearPath`
-            (with x0 ~ N(0, I) as the source).
+        path: any path with a ``coefficients(t)`` method giving the Gaussian p_t(x | x1)
+            (every :class:`~fmlib.AffinePath`: :class:`~fmlib.GaussianPath`,
+            :class:`~fmlib.LinearPath`, ``AffinePath(CosineScheduler())``, the VP path, ...),
+            with x0 ~ N(0, I) as the source.
         chunk_size: the largest number of (query, data) pairs handled at once.
 
     Memory: queries and data are processed in blocks of at most ``chunk_size``
@@ -53,14 +57,18 @@ class EmpiricalMarginal:
     (e.g. to differentiate in x), every block's intermediates are kept for the
     backward pass, so memory then grows with B * N.
 
-    The result follows the query's dtype and device (the data are cast once
-    per dtype/device and cached). Source: Lipman et al. (2023), eqs. 6 and 8;
-    Lipman et al. (2024), Section 4.4 (the marginalization trick).
+    Numerics: the squared distances ||x - alpha_t x1^(i)||^2 are formed by direct
+    differences (no ||x||^2 - 2 x.y + ||y||^2 expansion, which cancels badly near the
+    data as sigma_t -> 0), and never through x / alpha_t when alpha_t is tiny, so every
+    method is finite one float step after t = 0 (e.g. t = 1e-45 in float32) and one
+    before t = 1. The result has the query's dtype and device (the data are cast once
+    per dtype/device and cached); for a float16/bfloat16 query the arithmetic and the
+    times are float32. Source: Lipman et al. (2023), eqs. 6 and 8; Lipman et al. (2024),
+    Sections 4.4 (the marginalization trick) and 4.8 (affine paths).
 
     Raises:
-        ValueError: empty or non-finite data, an unsupported path, or a
-            non-positive chunk_size.
-        TypeError: if data is not a floating tensor.
+        ValueError: empty or non-finite data, or a non-positive chunk_size.
+        TypeError: if data is not a floating tensor, or path has no ``coefficients`` method.
 
     Example:
         >>> import torch
@@ -80,8 +88,11 @@ class EmpiricalMarginal:
         check_batch(data, "data")
         if not bool(torch.isfinite(data).all()):
             raise ValueError("data must be finite; it holds NaN or inf")
-        if not isinstance(path, (GaussianPath, LinearPath)):
-            raise ValueError(f"path must be a GaussianPath or a LinearPath; got {type(path).__name__}")
+        if not callable(getattr(path, "coefficients", None)):
+            raise TypeError(
+                "path must have a coefficients(t) method giving p_t(x | x1) = N(alpha_t x1, sigma_t^2 I) "
+                f"(an AffinePath, GaussianPath or LinearPath); got {type(path).__name__}"
+            )
         check_int(chunk_size, "chunk_size")
         self.data = data
         self.path = path
@@ -93,22 +104,16 @@ class EmpiricalMarginal:
 
     # -- the Gaussian conditional given x1 ---------------------------------------------------------
 
-    def std(self, t: Tensor) -> Tensor:
-        """b_t, the standard deviation of p_t(x | x1) with x0 integrated out; t's shape."""
-        if isinstance(self.path, GaussianPath):
-            return 1 - (1 - self.path.sigma_min) * t
-        return torch.sqrt((1 - t) ** 2 + self.path.sigma**2)
+    def _coefficients(self, t: Tensor) -> SchedulerOutput:
+        return self.path.coefficients(t)  # type: ignore[attr-defined]
 
-    def _log_std_rate(self, t: Tensor) -> Tensor:
-        """b_t' / b_t."""
-        b = self.std(t)
-        if isinstance(self.path, GaussianPath):
-            return -(1 - self.path.sigma_min) / b
-        return -(1 - t) / b**2
+    def std(self, t: Tensor) -> Tensor:
+        """sigma_t, the standard deviation of p_t(x | x1) with x0 integrated out; t's shape and dtype."""
+        return self._coefficients(t).sigma_t
 
     # -- input handling -----------------------------------------------------------------------------
 
-    def _inputs(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _inputs(self, x: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor, SchedulerOutput, Tensor, Tensor]:
         check_batch(x, "x")
         if x.shape[1:] != self.data.shape[1:]:
             raise ValueError(
@@ -116,46 +121,56 @@ class EmpiricalMarginal:
                 f"{', '.join(map(str, self.data.shape[1:]))}); got {tuple(x.shape)}"
             )
         t = as_time(t, x)
-        b = self.std(t)
-        if bool((b <= 0).any()):
+        c = self._coefficients(t)
+        bad = c.sigma_t <= 0
+        if bool(bad.any()):
             raise ValueError(
-                f"{self.path!r} has zero variance at t = 1, where the marginal is a sum of point masses; "
-                "t must be < 1 (or use sigma_min > 0 / sigma > 0)"
+                f"{self.path!r} has zero variance at t = {float(t[bad][0]):g}, where the marginal is a sum of "
+                "point masses; t must be < 1 (or use a path with sigma_t > 0 there, e.g. sigma_min > 0)"
             )
-        key = (x.dtype, x.device)
+        key = (t.dtype, x.device)
         if key not in self._cache:
-            d = self.data.to(dtype=x.dtype, device=x.device).flatten(1)
+            d = self.data.to(dtype=t.dtype, device=x.device).flatten(1)
             self._cache[key] = (d, d.pow(2).sum(1))
-        d, _ = self._cache[key]
-        return x.flatten(1), t, b, d
+        d, dn = self._cache[key]
+        return x.flatten(1).to(t.dtype), t, c, d, dn
 
     def _logits(
-        self, xq: Tensor, tq: Tensor, bq: Tensor, d: Tensor, work: tuple[Tensor, Tensor] | None = None
+        self,
+        xq: Tensor,
+        aq: Tensor,
+        sq_t: Tensor,
+        d: Tensor,
+        dn: Tensor,
+        work: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """log p_t(x | x1^(i)) up to the constant -F log b_t - F/2 log 2 pi, shape (Q, C).
+        """log p_t(x | x1^(i)) up to the constant -F log sigma_t - F/2 log 2 pi, shape (Q, C).
 
-        ||x - t x1||^2 = t^2 ||x / t - x1||^2 for t > 0, computed by direct differences
-        (no ||x||^2 - 2 x.y + ||y||^2 expansion, which cancels badly near the data as t -> 1).
+        ``aq``, ``sq_t``: alpha_t and sigma_t of the Q queries; ``dn``: ||x1^(i)||^2 of the C data points.
         ``work``: two flat buffers of at least Q * C elements, reused across blocks when no graph is kept.
         """
-        pos = tq > 0
-        ts = torch.where(pos, tq, torch.ones_like(tq))
-        xs = xq / ts[:, None]
-        inplace = not (torch.is_grad_enabled() and (xs.requires_grad or d.requires_grad))
+        scale = (-0.5 / sq_t**2)[:, None]
+        inplace = not (torch.is_grad_enabled() and (xq.requires_grad or d.requires_grad))
         if work is not None and inplace:
-            # few features: one fused pass per feature is about 2x faster than cdist's exact mode, and
-            # writing into the same two buffers for every block keeps the heap from fragmenting
-            size = xs.shape[0] * d.shape[0]
-            sq, diff = (w[:size].view(xs.shape[0], d.shape[0]) for w in work)
-            torch.sub(xs[:, :1], d[:, 0], out=sq).square_()
-            for f in range(1, xs.shape[1]):
-                torch.sub(xs[:, f : f + 1], d[:, f], out=diff)
+            # few features: one fused pass per feature, x_f - alpha_t y_f (about 2x faster than cdist's
+            # exact mode); writing into the same two buffers for every block keeps the heap from fragmenting
+            size = xq.shape[0] * d.shape[0]
+            sq, diff = (w[:size].view(xq.shape[0], d.shape[0]) for w in work)
+            a = aq[:, None]
+            torch.addcmul(xq[:, :1], a, d[None, :, 0], value=-1, out=sq).square_()
+            for f in range(1, xq.shape[1]):
+                torch.addcmul(xq[:, f : f + 1], a, d[None, :, f], value=-1, out=diff)
                 sq.addcmul_(diff, diff)
-        else:
-            sq = torch.cdist(xs, d, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
-        if not bool(pos.all()):
-            sq = torch.where(pos[:, None], sq, xq.pow(2).sum(1, keepdim=True) / ts[:, None] ** 2)
-        scale = (-0.5 * ts**2 / bq**2)[:, None]
+            return sq.mul_(scale)
+        # ||x - a y||^2 = a^2 ||x / a - y||^2 by direct differences (cdist's exact mode); where a is tiny,
+        # x / a would overflow, and there the expansion ||x||^2 - 2 a x.y + a^2 ||y||^2 is accurate instead
+        big = aq >= _SMALL_ALPHA
+        ab = torch.where(big, aq, torch.ones_like(aq))
+        sq = torch.cdist(xq / ab[:, None], d, compute_mode="donot_use_mm_for_euclid_dist").pow(2) * (ab**2)[:, None]
+        if not bool(big.all()):
+            a = aq[:, None]
+            expanded = xq.pow(2).sum(1, keepdim=True) - 2 * a * (xq @ d.T) + a**2 * dn[None]
+            sq = torch.where(big[:, None], sq, expanded)
         return sq.mul_(scale) if inplace else sq * scale
 
     def _blocks(self, batch: int) -> tuple[int, int]:
@@ -166,9 +181,10 @@ class EmpiricalMarginal:
 
     def _stream(
         self, x: Tensor, t: float | Tensor, want_mean: bool
-    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-        """Streaming log-sum-exp over the data: returns (lse, xbar, x_flat, t, b)."""
-        xf, t, b, d = self._inputs(x, t)
+    ) -> tuple[Tensor, Tensor | None, Tensor, SchedulerOutput]:
+        """Streaming log-sum-exp over the data: returns (lse, xbar, x_flat, coefficients)."""
+        xf, t, c, d, dn = self._inputs(x, t)
+        a, s = c.alpha_t, c.sigma_t
         rows, cols = self._blocks(xf.shape[0])
         work = None
         if xf.shape[1] <= 8 and not (torch.is_grad_enabled() and xf.requires_grad):
@@ -176,13 +192,13 @@ class EmpiricalMarginal:
             work = (xf.new_empty(size), xf.new_empty(size))
         lses, means = [], []
         for q in range(0, xf.shape[0], rows):
-            xq, tq, bq = xf[q : q + rows], t[q : q + rows], b[q : q + rows]
+            xq, aq, sq = xf[q : q + rows], a[q : q + rows], s[q : q + rows]
             m = torch.full((xq.shape[0],), -math.inf, dtype=xf.dtype, device=xf.device)
-            s = torch.zeros_like(m)
+            total = torch.zeros_like(m)
             acc = torch.zeros_like(xq) if want_mean else None
-            for c in range(0, d.shape[0], cols):
-                dc = d[c : c + cols]
-                logits = self._logits(xq, tq, bq, dc, work)
+            for col in range(0, d.shape[0], cols):
+                dc = d[col : col + cols]
+                logits = self._logits(xq, aq, sq, dc, dn[col : col + cols], work)
                 new_m = torch.maximum(m, logits.max(dim=1).values)
                 scale = torch.exp(m - new_m)
                 # in place when no graph is kept: halves the memory traffic of the inner loop
@@ -191,31 +207,32 @@ class EmpiricalMarginal:
                     if not logits.requires_grad
                     else torch.exp(logits - new_m[:, None])
                 )
-                s = s * scale + p.sum(dim=1)
+                total = total * scale + p.sum(dim=1)
                 if acc is not None:
                     acc = acc * scale[:, None] + p @ dc
                 m = new_m
-            lses.append(m + torch.log(s))
+            lses.append(m + torch.log(total))
             if acc is not None:
-                means.append(acc / s[:, None])
+                means.append(acc / total[:, None])
         xbar = torch.cat(means) if want_mean else None
-        return torch.cat(lses), xbar, xf, t, b
+        return torch.cat(lses), xbar, xf, c
 
     # -- public -------------------------------------------------------------------------------------
 
     def log_prob(self, x: Tensor, t: float | Tensor) -> Tensor:
-        """log p_t(x) = log (1/N) sum_i N(x; t x1^(i), b_t^2 I), shape (B,).
+        """log p_t(x) = log (1/N) sum_i N(x; alpha_t x1^(i), sigma_t^2 I), shape (B,).
 
         Args:
             x: points, shape ``(B, *D)`` with the data's ``*D``.
             t: times in [0, 1] (float, 0-d or shape (B,)); t = 1 needs a path with positive final variance.
 
         Raises:
-            ValueError: wrong feature shape, t outside [0, 1], or t = 1 with zero variance.
+            ValueError: wrong feature shape, t outside [0, 1], or sigma_t = 0 (t = 1 with zero variance).
         """
-        lse, _, xf, _, b = self._stream(x, t, want_mean=False)
+        lse, _, xf, c = self._stream(x, t, want_mean=False)
         f = xf.shape[1]
-        return lse - math.log(self.data.shape[0]) - f * torch.log(b) - 0.5 * f * math.log(2 * math.pi)
+        out = lse - math.log(self.data.shape[0]) - f * torch.log(c.sigma_t) - 0.5 * f * math.log(2 * math.pi)
+        return out.to(x.dtype)
 
     def posterior(self, x: Tensor, t: float | Tensor) -> Tensor:
         """The weights w_i(x, t) = p(z = i | x_t = x), shape (B, N); each row sums to 1.
@@ -223,13 +240,15 @@ class EmpiricalMarginal:
         Raises:
             ValueError: as for :meth:`log_prob`.
         """
-        xf, t, b, d = self._inputs(x, t)
+        xf, _, c, d, dn = self._inputs(x, t)
         rows = max(1, self.chunk_size // d.shape[0])
         out = [
-            torch.softmax(self._logits(xf[q : q + rows], t[q : q + rows], b[q : q + rows], d), dim=1)
+            torch.softmax(
+                self._logits(xf[q : q + rows], c.alpha_t[q : q + rows], c.sigma_t[q : q + rows], d, dn), dim=1
+            )
             for q in range(0, xf.shape[0], rows)
         ]
-        return torch.cat(out)
+        return torch.cat(out).to(x.dtype)
 
     def posterior_mean(self, x: Tensor, t: float | Tensor) -> Tensor:
         """E[x1 | x_t = x] = sum_i w_i x1^(i), shape ``(B, *D)`` (the optimal denoiser).
@@ -237,23 +256,26 @@ class EmpiricalMarginal:
         Raises:
             ValueError: as for :meth:`log_prob`.
         """
-        _, xbar, _, _, _ = self._stream(x, t, want_mean=True)
+        _, xbar, _, _ = self._stream(x, t, want_mean=True)
         assert xbar is not None
-        return xbar.reshape(x.shape)
+        return xbar.reshape(x.shape).to(x.dtype)
 
     def velocity(self, x: Tensor, t: float | Tensor) -> Tensor:
         """The marginal velocity u_t(x) = sum_i w_i u_t(x | x1^(i)), shape ``(B, *D)``.
 
-        It is a velocity field in fmlib's convention, so ``integrate(m.velocity, x0, ...)`` works;
-        it is differentiable in x. Lipman et al. (2023), eq. 8.
+        It equals d_alpha_t xbar + (d_sigma_t / sigma_t) (x - alpha_t xbar) with xbar the
+        posterior mean. It is a velocity field in fmlib's convention, so
+        ``integrate(m.velocity, x0, ...)`` works; it is differentiable in x.
+        Lipman et al. (2023), eq. 8.
 
         Raises:
             ValueError: as for :meth:`log_prob`.
         """
-        _, xbar, xf, t, _ = self._stream(x, t, want_mean=True)
+        _, xbar, xf, c = self._stream(x, t, want_mean=True)
         assert xbar is not None
-        rate = self._log_std_rate(t)[:, None]
-        return (xbar + rate * (xf - t[:, None] * xbar)).reshape(x.shape)
+        a, da = c.alpha_t[:, None], c.d_alpha_t[:, None]
+        rate = (c.d_sigma_t / c.sigma_t)[:, None]
+        return (da * xbar + rate * (xf - a * xbar)).reshape(x.shape).to(x.dtype)
 
     def conditional_velocities(self, x: Tensor, t: float | Tensor) -> Tensor:
         """u_t(x | x1^(i)) for every data point, shape ``(B, N, *D)`` (dense; for small N and teaching).
@@ -261,7 +283,8 @@ class EmpiricalMarginal:
         Raises:
             ValueError: as for :meth:`log_prob`.
         """
-        xf, t, _, d = self._inputs(x, t)
-        rate = self._log_std_rate(t)[:, None, None]
-        u = d[None] + rate * (xf[:, None] - t[:, None, None] * d[None])
-        return u.reshape(x.shape[0], d.shape[0], *x.shape[1:])
+        xf, _, c, d, _ = self._inputs(x, t)
+        a, da = c.alpha_t[:, None, None], c.d_alpha_t[:, None, None]
+        rate = (c.d_sigma_t / c.sigma_t)[:, None, None]
+        u = da * d[None] + rate * (xf[:, None] - a * d[None])
+        return u.reshape(x.shape[0], d.shape[0], *x.shape[1:]).to(x.dtype)

@@ -1,27 +1,58 @@
-"""Conditional probability paths p_t(x | z) and their conditional velocities.
+"""Conditional probability paths p_t(x | z), their schedulers and conditional velocities.
 
 Convention: t = 0 is the source p_0 = N(0, I) (noise), t = 1 is the data.
 Batch first: a sample has shape ``(B, *D)``; a time is a float, a 0-d tensor or a
-tensor of shape (B,). dtype and device follow the inputs.
+tensor of shape (B,). dtype and device follow the inputs. When a state is float16 or
+bfloat16, times and arithmetic use ``torch.promote_types(x.dtype, torch.float32)``
+(a time is never rounded to the state's precision) and results come back in x's dtype.
+
+Every path here is affine in a Gaussian source: given the data point x1 and
+x0 ~ N(0, I), x_t = alpha_t x1 + sigma_t x0. A :class:`Scheduler` supplies
+(alpha_t, sigma_t) and their time derivatives; :class:`AffinePath` turns it into a
+path, with the maps between the velocity, the denoiser E[x1 | x_t], the noise
+predictor E[x0 | x_t] and the score grad log p_t. :class:`GaussianPath` and
+:class:`LinearPath` are affine paths with the CondOT scheduler.
 
 Sources: Lipman et al. (2023), *Flow Matching for Generative Modeling*,
 Section 4 (eqs. 10-15 for Gaussian paths, eqs. 20-23 for the CondOT path);
-Lipman et al. (2024), *Flow Matching Guide and Code*, Section 4; Tong et al.
-(2023) for the linear path with z = (x0, x1) and a constant sigma.
+Lipman et al. (2024), *Flow Matching Guide and Code*, Section 4.8 (affine
+conditional flows: schedulers, velocity parameterisations, scheduler change,
+Gaussian paths); Song et al. (2021), *Score-Based Generative Modeling through SDEs*
+(the variance-preserving schedule); Tong et al. (2024) for the linear path with
+z = (x0, x1) and a constant sigma.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 from torch import Tensor
 
-from ._checks import as_time, check_batch, check_same_shape, unsqueeze_like
+from ._checks import as_time, check_batch, check_same_shape, check_velocity_output, unsqueeze_like
 
-__all__ = ["PathSample", "ProbPath", "LinearPath", "GaussianPath"]
+__all__ = [
+    "PathSample",
+    "ProbPath",
+    "SchedulerOutput",
+    "Scheduler",
+    "CondOTScheduler",
+    "CosineScheduler",
+    "PolynomialScheduler",
+    "VPScheduler",
+    "AffinePath",
+    "change_scheduler",
+    "LinearPath",
+    "GaussianPath",
+    "PREDICTIONS",
+]
+
+PREDICTIONS = ("velocity", "x1", "epsilon")
+"""What a network may predict on an affine path: the velocity, the data point x1 or the noise x0."""
 
 
 @dataclass
@@ -88,7 +119,686 @@ def _gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return -0.5 * sq / std**2 - d * torch.log(std) - 0.5 * d * math.log(2 * math.pi)
 
 
-class LinearPath(ProbPath):
+# -- schedulers -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    """The values of a scheduler at times t; every field has t's shape and dtype.
+
+    Attributes:
+        alpha_t: the signal coefficient alpha_t (the weight of x1).
+        sigma_t: the noise coefficient sigma_t (the weight of x0), >= 0.
+        d_alpha_t: d alpha_t / dt.
+        d_sigma_t: d sigma_t / dt.
+    """
+
+    alpha_t: Tensor
+    sigma_t: Tensor
+    d_alpha_t: Tensor
+    d_sigma_t: Tensor
+
+
+def _scheduler_time(t: object) -> Tensor:
+    if isinstance(t, bool) or not isinstance(t, (Real, Tensor)):
+        raise TypeError(f"t must be a float or a floating tensor with values in [0, 1]; got {type(t).__name__}")
+    if not isinstance(t, Tensor):
+        t = torch.tensor(float(t), dtype=torch.float64)
+    if not t.is_floating_point():
+        raise TypeError(f"t must have a floating dtype; got {t.dtype}")
+    if t.numel() > 0:
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("t must be finite; it holds NaN or inf")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"t must lie in [0, 1]; got values in [{lo:g}, {hi:g}]")
+    return t
+
+
+def _snr_pair(alpha: object, sigma: object) -> tuple[Tensor, Tensor]:
+    for name, value in (("alpha", alpha), ("sigma", sigma)):
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor; got {type(value).__name__}")
+    assert isinstance(alpha, Tensor) and isinstance(sigma, Tensor)
+    if alpha.shape != sigma.shape:
+        raise ValueError(f"alpha and sigma must have the same shape; got {tuple(alpha.shape)} and {tuple(sigma.shape)}")
+    if not bool(torch.isfinite(alpha).all() & torch.isfinite(sigma).all()):
+        raise ValueError("alpha and sigma must be finite; they hold NaN or inf")
+    if bool(((alpha < 0) | (sigma < 0) | ((alpha == 0) & (sigma == 0))).any()):
+        raise ValueError("alpha and sigma must be >= 0 and not both 0 (a signal-to-noise ratio alpha / sigma)")
+    return alpha, sigma
+
+
+def _out_of_range(name: str, what: str) -> ValueError:
+    return ValueError(f"{name} cannot reach this signal-to-noise ratio alpha / sigma: it is {what} its range on [0, 1]")
+
+
+def _bisect_time(values: Callable[[Tensor], tuple[Tensor, Tensor]], alpha: Tensor, sigma: Tensor, name: str) -> Tensor:
+    """Solve alpha_t / sigma_t = alpha / sigma for t by bisection; ``values(t)`` gives (alpha_t, sigma_t)."""
+    lo, hi = torch.zeros_like(alpha), torch.ones_like(alpha)
+
+    def gap(t: Tensor) -> tuple[Tensor, Tensor]:
+        a_t, s_t = values(t)
+        return a_t * sigma - s_t * alpha, (a_t * sigma).abs() + (s_t * alpha).abs()
+
+    eps = 8 * torch.finfo(alpha.dtype).eps
+    g0, s0 = gap(lo)
+    g1, s1 = gap(hi)
+    if bool((g0 > eps * s0).any()):
+        raise _out_of_range(name, "below")
+    if bool((g1 < -eps * s1).any()):
+        raise _out_of_range(name, "above")
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        below = gap(mid)[0] < 0
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+class Scheduler(ABC):
+    """A schedule t -> (alpha_t, sigma_t) for the affine path x_t = alpha_t x1 + sigma_t x0.
+
+    Calling a scheduler on times t (a float, or a floating tensor of any shape with values in
+    [0, 1]) returns a :class:`SchedulerOutput` with alpha_t, sigma_t and their time derivatives,
+    each of t's shape and dtype (a float gives 0-d float64 tensors). The signal-to-noise ratio
+    alpha_t / sigma_t must increase with t. Lipman et al. (2024), Section 4.8.
+
+    A subclass implements ``_values(t)`` (no input checks) and, where it has one, a closed-form
+    :meth:`time_for_snr`.
+
+    Raises:
+        TypeError: if t is not a float or a floating tensor.
+        ValueError: if t holds values outside [0, 1] or NaN.
+    """
+
+    def __call__(self, t: float | Tensor) -> SchedulerOutput:
+        return self._values(_scheduler_time(t))
+
+    @abstractmethod
+    def _values(self, t: Tensor) -> SchedulerOutput:
+        """The scheduler at checked times t."""
+
+    def _alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha_t, sigma_t) alone, defined at every t in [0, 1] (their derivatives may not be)."""
+        c = self._values(t)
+        return c.alpha_t, c.sigma_t
+
+    def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The time t at which alpha_t / sigma_t equals alpha / sigma (element-wise).
+
+        The ratio is given as a pair so that 0 (alpha = 0) and infinity (sigma = 0) are exact.
+        This is the inverse signal-to-noise map of the scheduler change of Lipman et al. (2024),
+        Section 4.8.2. The default solves by bisection; the built-in schedulers use closed forms.
+
+        Args:
+            alpha: tensor of values >= 0.
+            sigma: tensor of alpha's shape, values >= 0, never 0 where alpha is 0.
+
+        Returns:
+            The times, alpha's shape and dtype.
+
+        Raises:
+            ValueError: for negative or non-finite values, both zero, or a ratio this scheduler
+                never reaches on [0, 1].
+            TypeError: if alpha or sigma is not a floating tensor.
+        """
+        alpha, sigma = _snr_pair(alpha, sigma)
+        return _bisect_time(self._alpha_sigma, alpha, sigma, repr(self))
+
+
+def _check_real(value: object, name: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {what}; got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be {what}; got {value}")
+    return float(value)
+
+
+class CondOTScheduler(Scheduler):
+    """The CondOT schedule: alpha_t = t, sigma_t = 1 - (1 - sigma_min) t.
+
+    Lipman et al. (2023), eq. 20; Lipman et al. (2024), Section 4.8. With sigma_min = 0
+    it is the straight line between x0 and x1 (rectified flow).
+
+    Args:
+        sigma_min: sigma_t at t = 1, in [0, 1).
+
+    Raises:
+        ValueError: if sigma_min is outside [0, 1).
+        TypeError: if sigma_min is not a number.
+
+    Example:
+        >>> s = CondOTScheduler()(0.25)
+        >>> float(s.alpha_t), float(s.sigma_t), float(s.d_alpha_t), float(s.d_sigma_t)
+        (0.25, 0.75, 1.0, -1.0)
+    """
+
+    def __init__(self, sigma_min: float = 0.0) -> None:
+        sigma_min = _check_real(sigma_min, "sigma_min", "a float in [0, 1)")
+        if not (0.0 <= sigma_min < 1.0):
+            raise ValueError(f"sigma_min must lie in [0, 1); got {sigma_min}")
+        self.sigma_min = sigma_min
+
+    def __repr__(self) -> str:
+        return f"CondOTScheduler(sigma_min={self.sigma_min})"
+
+    def _values(self, t: Tensor) -> SchedulerOutput:
+        k = 1 - self.sigma_min
+        return SchedulerOutput(t, 1 - k * t, torch.ones_like(t), torch.full_like(t, -k))
+
+    def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Closed form t = alpha / (sigma + (1 - sigma_min) alpha); see :meth:`Scheduler.time_for_snr`."""
+        alpha, sigma = _snr_pair(alpha, sigma)
+        if bool((self.sigma_min * alpha > sigma * (1 + 8 * torch.finfo(alpha.dtype).eps)).any()):
+            raise _out_of_range(repr(self), "above")
+        return (alpha / (sigma + (1 - self.sigma_min) * alpha)).clamp(0, 1)
+
+
+class CosineScheduler(Scheduler):
+    """The cosine schedule: alpha_t = sin(pi t / 2), sigma_t = cos(pi t / 2).
+
+    Lipman et al. (2024), Section 4.8 (the schedule of Nichol & Dhariwal's improved DDPM,
+    written in flow time). sigma_t is computed as sin(pi (1 - t) / 2), so it is exactly 0 at t = 1.
+
+    Example:
+        >>> s = CosineScheduler()(1.0)
+        >>> float(s.alpha_t), float(s.sigma_t)
+        (1.0, 0.0)
+    """
+
+    def __repr__(self) -> str:
+        return "CosineScheduler()"
+
+    def _values(self, t: Tensor) -> SchedulerOutput:
+        h = math.pi / 2
+        alpha, sigma = torch.sin(h * t), torch.sin(h * (1 - t))
+        return SchedulerOutput(alpha, sigma, h * sigma, -h * alpha)
+
+    def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Closed form t = (2 / pi) atan2(alpha, sigma); see :meth:`Scheduler.time_for_snr`."""
+        alpha, sigma = _snr_pair(alpha, sigma)
+        return (torch.atan2(alpha, sigma) * (2 / math.pi)).clamp(0, 1)
+
+
+class PolynomialScheduler(Scheduler):
+    """The polynomial schedule: alpha_t = t^n, sigma_t = 1 - t^n, n >= 1.
+
+    Lipman et al. (2024), Section 4.8. n = 1 is CondOT with sigma_min = 0. For n < 1,
+    d alpha_t / dt would be unbounded at t = 0, so n >= 1 is required. For t > 1/2,
+    sigma_t is computed as -expm1(n log1p(-(1 - t))), which keeps it accurate one float
+    step below t = 1.
+
+    Args:
+        n: the exponent, a float >= 1.
+
+    Raises:
+        ValueError: if n < 1 or not finite.
+        TypeError: if n is not a number.
+
+    Example:
+        >>> s = PolynomialScheduler(2)(0.5)
+        >>> float(s.alpha_t), float(s.sigma_t), float(s.d_alpha_t), float(s.d_sigma_t)
+        (0.25, 0.75, 1.0, -1.0)
+    """
+
+    def __init__(self, n: float) -> None:
+        n = _check_real(n, "n", "a finite float >= 1")
+        if n < 1:
+            raise ValueError(f"n must be a finite float >= 1; got {n}")
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"PolynomialScheduler(n={self.n})"
+
+    def _values(self, t: Tensor) -> SchedulerOutput:
+        n = self.n
+        alpha = t**n
+        near_one = -torch.expm1(n * torch.log1p(-(1 - t)))
+        sigma = torch.where(t > 0.5, near_one, 1 - alpha)
+        d_alpha = n * t ** (n - 1)
+        return SchedulerOutput(alpha, sigma, d_alpha, -d_alpha)
+
+    def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Closed form t = (alpha / (alpha + sigma))^(1/n); see :meth:`Scheduler.time_for_snr`."""
+        alpha, sigma = _snr_pair(alpha, sigma)
+        return (alpha / (alpha + sigma)) ** (1 / self.n)
+
+
+class VPScheduler(Scheduler):
+    """The variance-preserving (VP) schedule of Song et al. (2021), in flow time (t = 0 noise).
+
+    With s = 1 - t (the diffusion time), T(t) = beta_min s + (beta_max - beta_min) s^2 / 2,
+    alpha_t = exp(-T / 2) and sigma_t = sqrt(1 - alpha_t^2), so alpha_t^2 + sigma_t^2 = 1.
+    This is the VP SDE dx = -beta(s) x / 2 ds + sqrt(beta(s)) dW with the linear
+    beta(s) = beta_min + (beta_max - beta_min) s (Song et al. 2021, Section 3.4, eq. 11;
+    Ho et al. 2020 in continuous time); Lipman et al. (2024), Section 4.8.
+
+    The path does not start at pure noise: alpha_0 = exp(-(beta_min + beta_max) / 4), which is
+    about 0.0066 with the defaults, so p_0 is N(0, I) only approximately. Near t = 1,
+    sigma_t ~ sqrt(beta_min (1 - t)) and d sigma_t / dt is unbounded: the scheduler raises at t = 1.
+
+    Args:
+        beta_min: beta at the data end, > 0.
+        beta_max: beta at the noise end, >= beta_min.
+
+    Raises:
+        ValueError: if beta_min <= 0, beta_max < beta_min, either is not finite, or (when called)
+            t = 1, where d sigma_t / dt is infinite.
+        TypeError: if beta_min or beta_max is not a number.
+
+    Example:
+        >>> s = VPScheduler()(0.0)
+        >>> round(float(s.alpha_t), 5), round(float(s.alpha_t**2 + s.sigma_t**2), 12)
+        (0.00657, 1.0)
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        beta_min = _check_real(beta_min, "beta_min", "a finite float > 0")
+        beta_max = _check_real(beta_max, "beta_max", "a finite float >= beta_min")
+        if beta_min <= 0:
+            raise ValueError(f"beta_min must be a finite float > 0; got {beta_min}")
+        if beta_max < beta_min:
+            raise ValueError(f"beta_max must be a finite float >= beta_min = {beta_min}; got {beta_max}")
+        self.beta_min, self.beta_max = beta_min, beta_max
+
+    def __repr__(self) -> str:
+        return f"VPScheduler(beta_min={self.beta_min}, beta_max={self.beta_max})"
+
+    def _alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        s = 1 - t
+        big_t = s * self.beta_min + 0.5 * (self.beta_max - self.beta_min) * s**2
+        return torch.exp(-0.5 * big_t), torch.sqrt(-torch.expm1(-big_t))
+
+    def _values(self, t: Tensor) -> SchedulerOutput:
+        alpha, sigma = self._alpha_sigma(t)
+        beta = self.beta_min + (self.beta_max - self.beta_min) * (1 - t)
+        if bool((sigma <= 0).any()):
+            raise ValueError(
+                f"{self!r}: d sigma_t / dt is infinite at t = 1 (sigma_t ~ sqrt(beta_min (1 - t))); t must be < 1"
+            )
+        d_alpha = 0.5 * beta * alpha
+        return SchedulerOutput(alpha, sigma, d_alpha, -alpha * d_alpha / sigma)
+
+    def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """Closed form: T = log(1 + sigma^2 / alpha^2), then 1 - t solves the quadratic T(t) = T.
+
+        See :meth:`Scheduler.time_for_snr`.
+        """
+        alpha, sigma = _snr_pair(alpha, sigma)
+        big_t = 2 * (torch.log(torch.hypot(alpha, sigma)) - torch.log(alpha))
+        spread = self.beta_max - self.beta_min
+        s = 2 * big_t / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * spread * big_t))
+        if bool((~torch.isfinite(s) | (s > 1 + 8 * torch.finfo(s.dtype).eps)).any()):
+            raise _out_of_range(repr(self), "below")
+        return (1 - s).clamp(0, 1)
+
+
+# -- the affine path -----------------------------------------------------------------------------
+
+
+def _first_bad(t: Tensor, bad: Tensor) -> float:
+    return float(t.reshape(-1)[bad.reshape(-1)][0])
+
+
+class AffinePath(ProbPath):
+    """The affine Gaussian path x_t = alpha_t x1 + sigma_t x0, x0 ~ N(0, I), with z = x1.
+
+    p_t(x | x1) = N(x; alpha_t x1, sigma_t^2 I) and
+    u_t(x | x1) = d_alpha_t x1 + d_sigma_t (x - alpha_t x1) / sigma_t,
+    where (alpha_t, sigma_t, d_alpha_t, d_sigma_t) come from the scheduler.
+    Lipman et al. (2024), Section 4.8; Lipman et al. (2023), Theorem 3.
+
+    Because x_t is affine in a Gaussian x0, a trained velocity v(x, t) = E[u_t | x_t = x]
+    determines the denoiser x1_hat = E[x1 | x_t = x], the noise predictor
+    eps_hat = E[x0 | x_t = x] and the score grad log p_t(x) = -eps_hat / sigma_t, through
+    x = alpha_t x1_hat + sigma_t eps_hat and v = d_alpha_t x1_hat + d_sigma_t eps_hat
+    (Lipman et al. 2024, Section 4.8.1, and for the score Section 4.8.3). The methods
+    ``velocity_to_x1``, ``x1_to_velocity``, ``velocity_to_epsilon``, ``epsilon_to_velocity``,
+    ``velocity_to_score`` and ``score_to_velocity`` are these closed forms. Each takes
+    ``(value, x, t)`` with value and x of shape ``(B, *D)`` and t a float, 0-d or (B,) tensor,
+    and returns x's shape and dtype. A map that divides by sigma_t or alpha_t raises
+    ValueError where that coefficient is 0, and every map raises rather than return a value
+    that overflows.
+
+    Args:
+        scheduler: a :class:`Scheduler`.
+
+    Raises:
+        TypeError: if scheduler is not a Scheduler.
+
+    Example:
+        >>> import torch
+        >>> path = AffinePath(CosineScheduler())
+        >>> x, t = torch.tensor([[1.0, 0.0]]), 0.5
+        >>> v = torch.tensor([[0.3, -0.2]])
+        >>> torch.allclose(path.x1_to_velocity(path.velocity_to_x1(v, x, t), x, t), v)
+        True
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        if not isinstance(scheduler, Scheduler):
+            raise TypeError(
+                f"scheduler must be a fmlib Scheduler (e.g. CosineScheduler()); got {type(scheduler).__name__}"
+            )
+        self.scheduler = scheduler
+
+    def __repr__(self) -> str:
+        return f"AffinePath({self.scheduler!r})"
+
+    # -- coefficients of p_t(x | x1) -------------------------------------------------------------
+
+    def _coef(self, t: Tensor) -> SchedulerOutput:
+        return self.scheduler._values(t)
+
+    def coefficients(self, t: float | Tensor) -> SchedulerOutput:
+        """alpha_t, sigma_t and their derivatives for p_t(x | x1) = N(x; alpha_t x1, sigma_t^2 I).
+
+        x0 is integrated out, so this is the Gaussian that :class:`~fmlib.EmpiricalMarginal` mixes.
+        For an AffinePath it is the scheduler's output.
+
+        Args:
+            t: a float or a floating tensor of any shape with values in [0, 1].
+
+        Returns:
+            A :class:`SchedulerOutput` whose fields have t's shape and dtype.
+
+        Raises:
+            ValueError, TypeError: as for calling a :class:`Scheduler`.
+        """
+        return self._coef(_scheduler_time(t))
+
+    def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The time at which this path's alpha_t / sigma_t equals alpha / sigma; see :meth:`Scheduler.time_for_snr`."""
+        return self.scheduler.time_for_snr(alpha, sigma)
+
+    def _coef_like(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        c = self._coef(t)
+        return tuple(unsqueeze_like(v, x) for v in (c.alpha_t, c.sigma_t, c.d_alpha_t, c.d_sigma_t))  # type: ignore[return-value]
+
+    def _sigma_positive(self, sigma: Tensor, t: Tensor) -> None:
+        bad = sigma.reshape(-1) <= 0
+        if bool(bad.any()):
+            raise ValueError(
+                f"{self!r} has sigma_t = 0 at t = {_first_bad(t, bad):g}: p_t(x | x1) is a point mass there, "
+                "where u_t(x | x1), log p_t(x | x1) and the score are undefined; t must be < 1 "
+                "(or use a path with sigma_t > 0 at t = 1)"
+            )
+
+    # -- the conditional path ---------------------------------------------------------------------
+
+    def sample(self, x0: Tensor, x1: Tensor, t: float | Tensor, generator: torch.Generator | None = None) -> PathSample:
+        """Draw x_t = alpha_t x1 + sigma_t x0 and return it with u_t = d_alpha_t x1 + d_sigma_t x0.
+
+        x0 is the N(0, I) draw that supplies the noise. Writing the target through x0 rather
+        than as a function of x_t keeps it finite at t = 1.
+
+        Args:
+            x0: standard normal draws, shape ``(B, *D)``, floating dtype.
+            x1: data points, shape ``(B, *D)``.
+            t: times in [0, 1]; a float, a 0-d tensor or shape (B,).
+            generator: unused (all randomness is in x0); accepted for a uniform API.
+
+        Returns:
+            A :class:`PathSample`; x_t and u_t in x1's dtype, t in the compute dtype (at least float32).
+
+        Raises:
+            ValueError: if x0 and x1 differ in shape or t is outside [0, 1].
+            TypeError: if x0 or x1 is not a floating tensor.
+        """
+        x0, x1 = self._pair(x0, x1)
+        t = as_time(t, x1)
+        a, s, da, ds = self._coef_like(t, x1)
+        x0c, x1c = x0.to(t.dtype), x1.to(t.dtype)
+        x_t = (a * x1c + s * x0c).to(x1.dtype)
+        u_t = (da * x1c + ds * x0c).to(x1.dtype)
+        return PathSample(x_t=x_t, u_t=u_t, t=t, x0=x0, x1=x1)
+
+    def conditional_velocity(
+        self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
+    ) -> Tensor:
+        """u_t(x | x1) = d_alpha_t x1 + d_sigma_t (x - alpha_t x1) / sigma_t, shape ``(B, *D)``.
+
+        Lipman et al. (2023), Theorem 3 (eq. 15); Lipman et al. (2024), Section 4.8.
+
+        Args:
+            x: points, shape ``(B, *D)``.
+            t: times in [0, 1]; where sigma_t = 0 (t = 1 for most schedulers) it raises.
+            x0: ignored (z = x1 for this path).
+            x1: data points, shape ``(B, *D)``.
+
+        Raises:
+            ValueError: if x1 is missing or of another shape, t is outside [0, 1], or sigma_t = 0.
+        """
+        check_batch(x, "x")
+        x1 = _required(x1, "x1", type(self).__name__)
+        check_same_shape(x1, x, "x1", "x")
+        t = as_time(t, x)
+        a, s, da, ds = self._coef_like(t, x)
+        self._sigma_positive(s, t)
+        x1c = x1.to(t.dtype)
+        return (da * x1c + ds * (x.to(t.dtype) - a * x1c) / s).to(x.dtype)
+
+    def log_prob(self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None) -> Tensor:
+        """log N(x; alpha_t x1, sigma_t^2 I), shape (B,) (Lipman et al. 2023, eq. 10).
+
+        Raises:
+            ValueError: if x1 is missing or of another shape, t is outside [0, 1],
+                or sigma_t = 0 (no density there).
+        """
+        check_batch(x, "x")
+        x1 = _required(x1, "x1", type(self).__name__)
+        check_same_shape(x1, x, "x1", "x")
+        t = as_time(t, x)
+        c = self._coef(t)
+        self._sigma_positive(c.sigma_t, t)
+        mean = unsqueeze_like(c.alpha_t, x) * x1.to(t.dtype)
+        return _gaussian_log_prob(x.to(t.dtype), mean, c.sigma_t).to(x.dtype)
+
+    def target(self, sample: PathSample, prediction: str = "velocity") -> Tensor:
+        """The regression target for a network that predicts ``prediction`` at ``sample.x_t``.
+
+        ``"velocity"``: u_t (the CFM target); ``"x1"``: the data point x1 (its regression gives
+        E[x1 | x_t]); ``"epsilon"``: the noise x0 (its regression gives E[x0 | x_t]).
+
+        Raises:
+            ValueError: for a prediction not in :data:`PREDICTIONS`.
+        """
+        if prediction == "velocity":
+            return sample.u_t
+        if prediction == "x1":
+            return sample.x1
+        if prediction == "epsilon":
+            return self._epsilon(sample)
+        raise ValueError(f"prediction must be one of {PREDICTIONS}; got {prediction!r}")
+
+    def _epsilon(self, sample: PathSample) -> Tensor:
+        return sample.x0
+
+    # -- parameterisations ------------------------------------------------------------------------
+
+    def _prep(self, value: Tensor, x: Tensor, t: float | Tensor, name: str) -> tuple[Tensor, ...]:
+        check_batch(value, name)
+        check_batch(x, "x")
+        check_same_shape(value, x, name, "x")
+        tc = as_time(t, x)
+        a, s, da, ds = self._coef_like(tc, x)
+        return value.to(tc.dtype), x.to(tc.dtype), tc, a, s, da, ds
+
+    def _snr_rate(self, a: Tensor, s: Tensor, da: Tensor, ds: Tensor, t: Tensor) -> Tensor:
+        """d_alpha sigma - d_sigma alpha = sigma^2 d/dt (alpha / sigma): > 0 for an increasing SNR."""
+        rate = da * s - ds * a
+        bad = rate.reshape(-1) <= 0
+        if bool(bad.any()):
+            raise ValueError(
+                f"{self!r}: d_alpha_t sigma_t - d_sigma_t alpha_t = sigma_t^2 d/dt (alpha_t / sigma_t) is <= 0 "
+                f"at t = {_first_bad(t, bad):g}, so the map is undefined there (the velocity carries no "
+                "information about x1 where the signal-to-noise ratio stands still, e.g. t = 0 for "
+                "PolynomialScheduler(n > 1))"
+            )
+        return rate
+
+    def _nonzero(self, coef: Tensor, t: Tensor, what: str, method: str) -> None:
+        bad = coef.reshape(-1) == 0
+        if bool(bad.any()):
+            raise ValueError(
+                f"{self!r}.{method} divides by {what}, which is 0 at t = {_first_bad(t, bad):g}; "
+                f"the map is undefined there (choose t with {what} > 0)"
+            )
+
+    def _finish(self, out: Tensor, x: Tensor, t: Tensor, method: str) -> Tensor:
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"{self!r}.{method} overflowed (NaN or inf) for t in [{float(t.min()):g}, {float(t.max()):g}]: "
+                "a coefficient it divides by is too close to 0 there, or the inputs are not finite"
+            )
+        return out.to(x.dtype)
+
+    def velocity_to_x1(self, v: Tensor, x: Tensor, t: float | Tensor) -> Tensor:
+        """The denoiser x1_hat = (sigma_t v - d_sigma_t x) / (d_alpha_t sigma_t - d_sigma_t alpha_t).
+
+        Defined at every t, including sigma_t = 0 (where it gives x / alpha_t).
+
+        Raises:
+            ValueError: for shapes that differ, t outside [0, 1], or an overflow.
+        """
+        vc, xc, tc, a, s, da, ds = self._prep(v, x, t, "v")
+        return self._finish((s * vc - ds * xc) / self._snr_rate(a, s, da, ds, tc), x, tc, "velocity_to_x1")
+
+    def x1_to_velocity(self, x1_hat: Tensor, x: Tensor, t: float | Tensor) -> Tensor:
+        """v = d_alpha_t x1_hat + d_sigma_t (x - alpha_t x1_hat) / sigma_t.
+
+        Raises:
+            ValueError: where sigma_t = 0 (x is then alpha_t x1 and the velocity is not determined
+                by x1_hat), for shapes that differ, t outside [0, 1], or an overflow.
+        """
+        pc, xc, tc, a, s, da, ds = self._prep(x1_hat, x, t, "x1_hat")
+        self._nonzero(s, tc, "sigma_t", "x1_to_velocity")
+        return self._finish(da * pc + ds * (xc - a * pc) / s, x, tc, "x1_to_velocity")
+
+    def velocity_to_epsilon(self, v: Tensor, x: Tensor, t: float | Tensor) -> Tensor:
+        """The noise predictor eps_hat = (d_alpha_t x - alpha_t v) / (d_alpha_t sigma_t - d_sigma_t alpha_t).
+
+        Defined at every t, including alpha_t = 0 (where it gives x / sigma_t).
+
+        Raises:
+            ValueError: for shapes that differ, t outside [0, 1], or an overflow.
+        """
+        vc, xc, tc, a, s, da, ds = self._prep(v, x, t, "v")
+        return self._finish((da * xc - a * vc) / self._snr_rate(a, s, da, ds, tc), x, tc, "velocity_to_epsilon")
+
+    def epsilon_to_velocity(self, eps: Tensor, x: Tensor, t: float | Tensor) -> Tensor:
+        """v = d_sigma_t eps + d_alpha_t (x - sigma_t eps) / alpha_t.
+
+        Raises:
+            ValueError: where alpha_t = 0 (x is then sigma_t x0 and eps does not determine the
+                velocity), for shapes that differ, t outside [0, 1], or an overflow.
+        """
+        ec, xc, tc, a, s, da, ds = self._prep(eps, x, t, "eps")
+        self._nonzero(a, tc, "alpha_t", "epsilon_to_velocity")
+        return self._finish(ds * ec + da * (xc - s * ec) / a, x, tc, "epsilon_to_velocity")
+
+    def velocity_to_score(self, v: Tensor, x: Tensor, t: float | Tensor) -> Tensor:
+        """The score grad log p_t(x) = -eps_hat / sigma_t = (alpha_t v - d_alpha_t x) / (sigma_t rate_t),
+
+        with rate_t = d_alpha_t sigma_t - d_sigma_t alpha_t (Tweedie's formula for a Gaussian source).
+
+        Raises:
+            ValueError: where sigma_t = 0 (p_t has no density there), for shapes that differ,
+                t outside [0, 1], or an overflow.
+        """
+        vc, xc, tc, a, s, da, ds = self._prep(v, x, t, "v")
+        self._nonzero(s, tc, "sigma_t", "velocity_to_score")
+        rate = self._snr_rate(a, s, da, ds, tc)
+        return self._finish((a * vc - da * xc) / (s * rate), x, tc, "velocity_to_score")
+
+    def score_to_velocity(self, score: Tensor, x: Tensor, t: float | Tensor) -> Tensor:
+        """v = (d_alpha_t / alpha_t) (x + sigma_t^2 score) - d_sigma_t sigma_t score.
+
+        Raises:
+            ValueError: where alpha_t = 0 (at t = 0 the score of N(0, I) is -x whatever the data),
+                for shapes that differ, t outside [0, 1], or an overflow.
+        """
+        sc, xc, tc, a, s, da, ds = self._prep(score, x, t, "score")
+        self._nonzero(a, tc, "alpha_t", "score_to_velocity")
+        return self._finish(da * (xc + s**2 * sc) / a - ds * s * sc, x, tc, "score_to_velocity")
+
+
+# -- scheduler change ------------------------------------------------------------------------------
+
+
+def change_scheduler(
+    v: Callable[[Tensor, Tensor], Tensor], from_path: AffinePath, to_path: AffinePath
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The velocity field of ``to_path``'s marginals, built from a field ``v`` trained on ``from_path``.
+
+    Both paths share the data and the N(0, I) source, so the marginal of ``to_path`` at time r
+    is that of ``from_path`` at the time t_r of equal signal-to-noise ratio
+    alpha_{t_r} / sigma_{t_r} = alpha'_r / sigma'_r, scaled by
+    k_r = |(alpha'_r, sigma'_r)| / |(alpha_{t_r}, sigma_{t_r})|: x'_r = k_r x_{t_r}. The new field is
+
+        v'(x, r) = (d log k_r / dr) x + k_r (d t_r / dr) v(x / k_r, t_r),
+
+    Lipman et al. (2024), Section 4.8.2 (post-training scheduler change). With the exact
+    marginal field of ``from_path`` it returns the exact field of ``to_path``; a trained model
+    can so be sampled under another schedule with no retraining. d t_r / dr follows from
+    differentiating the equal-SNR condition and is computed without dividing by sigma.
+
+    Args:
+        v: velocity field ``v(x, t)`` for ``from_path`` (x of shape ``(B, *D)``, t of shape (B,)).
+        from_path: the :class:`AffinePath` v was trained on.
+        to_path: the :class:`AffinePath` whose marginals the result generates.
+
+    Returns:
+        A velocity field ``v'(x, r)`` (same conventions; dtype and device follow x; for a
+        float16/bfloat16 state, times and arithmetic are float32). It calls v once per call,
+        with per-row times t_r.
+
+    Raises:
+        TypeError: if v is not callable or a path is not an AffinePath.
+        ValueError: (when called) if ``from_path`` never reaches the signal-to-noise ratio of
+            ``to_path`` at r (e.g. the VP path, whose alpha_0 > 0, cannot stand in for CondOT
+            near r = 0), for r outside [0, 1], or where a coefficient is singular.
+
+    Example:
+        >>> import torch
+        >>> data = torch.tensor([[1.0], [-2.0]], dtype=torch.float64)
+        >>> from fmlib import EmpiricalMarginal
+        >>> ot, cos = GaussianPath(), AffinePath(CosineScheduler())
+        >>> v_cos = change_scheduler(EmpiricalMarginal(data, ot).velocity, ot, cos)
+        >>> x = torch.tensor([[0.3]], dtype=torch.float64)
+        >>> torch.allclose(v_cos(x, 0.6), EmpiricalMarginal(data, cos).velocity(x, 0.6))
+        True
+    """
+    if not callable(v):
+        raise TypeError(f"v must be a callable velocity field v(x, t); got {type(v).__name__}")
+    for name, p in (("from_path", from_path), ("to_path", to_path)):
+        if not isinstance(p, AffinePath):
+            raise TypeError(f"{name} must be an AffinePath (e.g. GaussianPath()); got {type(p).__name__}")
+
+    def field(x: Tensor, t: Tensor) -> Tensor:
+        check_batch(x, "x")
+        r = as_time(t, x)
+        new = to_path._coef(r)
+        t_r = from_path.time_for_snr(new.alpha_t, new.sigma_t)
+        old = from_path._coef(t_r)
+        norm_new = new.alpha_t**2 + new.sigma_t**2
+        norm_old = old.alpha_t**2 + old.sigma_t**2
+        k = torch.sqrt(norm_new / norm_old)
+        rate_old = from_path._snr_rate(old.alpha_t, old.sigma_t, old.d_alpha_t, old.d_sigma_t, t_r)
+        dt_dr = (new.d_alpha_t * new.sigma_t - new.alpha_t * new.d_sigma_t) / (k**2 * rate_old)
+        dlogk = (new.alpha_t * new.d_alpha_t + new.sigma_t * new.d_sigma_t) / norm_new - dt_dr * (
+            old.alpha_t * old.d_alpha_t + old.sigma_t * old.d_sigma_t
+        ) / norm_old
+        xc = x.to(r.dtype)
+        kk = unsqueeze_like(k, x)
+        inner = check_velocity_output(v((xc / kk).to(x.dtype), t_r), x, "v(x, t)").to(r.dtype)
+        out = unsqueeze_like(dlogk, x) * xc + kk * unsqueeze_like(dt_dr, x) * inner
+        return out.to(x.dtype)
+
+    return field
+
+
+class LinearPath(AffinePath):
     """Linear (straight-line) conditional path with z = (x0, x1).
 
     x_t = (1 - t) x0 + t x1 + sigma * eps,   eps ~ N(0, I),
@@ -97,8 +807,15 @@ class LinearPath(ProbPath):
     The target is x1 - x0, the time derivative of x_t for fixed (x0, x1, eps);
     it does not depend on x. With sigma = 0 this is the rectified-flow /
     CondOT interpolant (Lipman et al. 2024, Section 4.7; Liu et al. 2023);
-    with sigma > 0 it is the independent-coupling CFM path of Tong et al. (2023),
+    with sigma > 0 it is the independent-coupling CFM path of Tong et al. (2024),
     whose conditional density is N((1 - t) x0 + t x1, sigma^2 I).
+
+    It is an :class:`AffinePath` with the CondOT scheduler (alpha_t = t, sigma_t = 1 - t)
+    plus the constant tube sigma. Given x1 alone (x0 ~ N(0, I) integrated out),
+    p_t(x | x1) = N(t x1, ((1 - t)^2 + sigma^2) I), so :meth:`coefficients` reports
+    sigma_t = sqrt((1 - t)^2 + sigma^2); the marginal velocity E[x1 - x0 | x_t] equals that
+    affine path's, so the parameterisation maps and the exact marginal apply unchanged
+    (for sigma > 0, "epsilon" is the standardised noise (x_t - t x1) / sigma_t).
 
     Args:
         sigma: standard deviation of the Gaussian tube around the segment, >= 0.
@@ -120,10 +837,30 @@ class LinearPath(ProbPath):
             raise TypeError(f"sigma must be a float >= 0; got {type(sigma).__name__}")
         if not math.isfinite(sigma) or sigma < 0:
             raise ValueError(f"sigma must be a finite float >= 0; got {sigma}")
+        super().__init__(CondOTScheduler(0.0))
         self.sigma = float(sigma)
 
     def __repr__(self) -> str:
         return f"LinearPath(sigma={self.sigma})"
+
+    def _coef(self, t: Tensor) -> SchedulerOutput:
+        c = self.scheduler._values(t)
+        if self.sigma == 0:
+            return c
+        std = torch.hypot(c.sigma_t, torch.full_like(t, self.sigma))
+        return SchedulerOutput(c.alpha_t, std, c.d_alpha_t, c.d_sigma_t * c.sigma_t / std)
+
+    def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """The time at which t / sqrt((1 - t)^2 + sigma^2) equals alpha / sigma (bisection when sigma > 0)."""
+        if self.sigma == 0:
+            return self.scheduler.time_for_snr(alpha, sigma)
+        alpha, sigma = _snr_pair(alpha, sigma)
+
+        def values(t: Tensor) -> tuple[Tensor, Tensor]:
+            c = self._coef(t)
+            return c.alpha_t, c.sigma_t
+
+        return _bisect_time(values, alpha, sigma, repr(self))
 
     def sample(self, x0: Tensor, x1: Tensor, t: float | Tensor, generator: torch.Generator | None = None) -> PathSample:
         """Draw x_t = (1 - t) x0 + t x1 + sigma eps and return it with u_t = x1 - x0.
@@ -135,7 +872,8 @@ class LinearPath(ProbPath):
             generator: random generator for eps (only used when sigma > 0).
 
         Returns:
-            A :class:`PathSample` with x_t and u_t of shape ``(B, *D)``, t of shape (B,).
+            A :class:`PathSample` with x_t and u_t of shape ``(B, *D)`` in x1's dtype, t of shape (B,)
+            in the compute dtype (at least float32).
 
         Raises:
             ValueError: if x0 and x1 differ in shape or t is outside [0, 1].
@@ -144,11 +882,18 @@ class LinearPath(ProbPath):
         x0, x1 = self._pair(x0, x1)
         t = as_time(t, x1)
         tt = unsqueeze_like(t, x1)
-        x_t = (1 - tt) * x0 + tt * x1
+        x_t = (1 - tt) * x0.to(t.dtype) + tt * x1.to(t.dtype)
         if self.sigma > 0:
-            eps = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
+            eps = torch.randn(x1.shape, generator=generator, dtype=t.dtype, device=x1.device)
             x_t = x_t + self.sigma * eps
-        return PathSample(x_t=x_t, u_t=x1 - x0, t=t, x0=x0, x1=x1)
+        return PathSample(x_t=x_t.to(x1.dtype), u_t=x1 - x0, t=t, x0=x0, x1=x1)
+
+    def _epsilon(self, sample: PathSample) -> Tensor:
+        if self.sigma == 0:
+            return sample.x0
+        tc = sample.t
+        a, s, _, _ = self._coef_like(tc, sample.x_t)
+        return ((sample.x_t.to(tc.dtype) - a * sample.x1.to(tc.dtype)) / s).to(sample.x_t.dtype)
 
     def conditional_velocity(
         self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
@@ -182,21 +927,21 @@ class LinearPath(ProbPath):
         if self.sigma == 0:
             raise ValueError("LinearPath(sigma=0) is a point mass given (x0, x1) and has no density; use sigma > 0")
         tt = unsqueeze_like(t, x)
-        mean = (1 - tt) * x0 + tt * x1
+        mean = (1 - tt) * x0.to(t.dtype) + tt * x1.to(t.dtype)
         std = torch.full_like(t, self.sigma)
-        return _gaussian_log_prob(x, mean, std)
+        return _gaussian_log_prob(x.to(t.dtype), mean, std).to(x.dtype)
 
 
-class GaussianPath(ProbPath):
+class GaussianPath(AffinePath):
     """Conical Gaussian conditional path with z = x1 (the CondOT path of Lipman et al. 2023).
 
     p_t(x | x1) = N(x; t x1, s_t^2 I),   s_t = 1 - (1 - sigma_min) t,
     u_t(x | x1) = (x1 - (1 - sigma_min) x) / s_t.
 
-    Lipman et al. (2023), eqs. 20-21. With sigma_min = 0 (the seed's path),
-    p_t(x | x1) = N(t x1, (1 - t)^2 I) and u_t(x | x1) = (x1 - x) / (1 - t).
-    The seed slide writes (x - x1) / (1 - t): that sign is wrong, since the field
-    must point from x towards x1.
+    Lipman et al. (2023), eqs. 20-21: the :class:`AffinePath` of
+    ``CondOTScheduler(sigma_min)``. With sigma_min = 0, p_t(x | x1) = N(t x1, (1 - t)^2 I)
+    and u_t(x | x1) = (x1 - x) / (1 - t), a field that points from x towards x1
+    (written (x - x1) / (1 - t), the sign would be wrong).
 
     Args:
         sigma_min: standard deviation of the path at t = 1, in [0, 1).
@@ -217,6 +962,7 @@ class GaussianPath(ProbPath):
             raise TypeError(f"sigma_min must be a float in [0, 1); got {type(sigma_min).__name__}")
         if not (0.0 <= sigma_min < 1.0):
             raise ValueError(f"sigma_min must lie in [0, 1); got {sigma_min}")
+        super().__init__(CondOTScheduler(sigma_min))
         self.sigma_min = float(sigma_min)
 
     def __repr__(self) -> str:
@@ -225,79 +971,6 @@ class GaussianPath(ProbPath):
     def std(self, t: Tensor) -> Tensor:
         """s_t = 1 - (1 - sigma_min) t, the standard deviation of p_t(x | x1); same shape as t."""
         return 1 - (1 - self.sigma_min) * t
-
-    def sample(self, x0: Tensor, x1: Tensor, t: float | Tensor, generator: torch.Generator | None = None) -> PathSample:
-        """Draw x_t = t x1 + s_t x0 with x0 ~ N(0, I), and u_t = x1 - (1 - sigma_min) x0.
-
-        x0 is the standard normal draw that supplies the noise (the conditional
-        flow psi_t(x0) of Lipman et al. 2023, eq. 22). Writing the target through
-        x0 rather than as (x1 - (1 - sigma_min) x_t) / s_t gives the same value
-        and stays finite at t = 1.
-
-        Args:
-            x0: standard normal draws, shape ``(B, *D)``, floating dtype.
-            x1: data points, shape ``(B, *D)``.
-            t: times in [0, 1]; a float, a 0-d tensor or shape (B,).
-            generator: unused (all randomness is in x0); accepted for a uniform API.
-
-        Returns:
-            A :class:`PathSample`.
-
-        Raises:
-            ValueError: if x0 and x1 differ in shape or t is outside [0, 1].
-            TypeError: if x0 or x1 is not a floating tensor.
-        """
-        x0, x1 = self._pair(x0, x1)
-        t = as_time(t, x1)
-        tt = unsqueeze_like(t, x1)
-        x_t = tt * x1 + self.std(tt) * x0
-        u_t = x1 - (1 - self.sigma_min) * x0
-        return PathSample(x_t=x_t, u_t=u_t, t=t, x0=x0, x1=x1)
-
-    def _std_checked(self, t: Tensor) -> Tensor:
-        s = self.std(t)
-        if bool((s <= 0).any()):
-            raise ValueError(
-                "GaussianPath(sigma_min=0) is a point mass at t = 1, where u_t(x | x1) and "
-                "log p_t(x | x1) are undefined; t must be < 1 (or use sigma_min > 0)"
-            )
-        return s
-
-    def conditional_velocity(
-        self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
-    ) -> Tensor:
-        """u_t(x | x1) = (x1 - (1 - sigma_min) x) / s_t, shape ``(B, *D)`` (Lipman et al. 2023, eq. 21).
-
-        Args:
-            x: points, shape ``(B, *D)``.
-            t: times in [0, 1]; t = 1 needs sigma_min > 0.
-            x0: ignored (z = x1 for this path).
-            x1: data points, shape ``(B, *D)``.
-
-        Raises:
-            ValueError: if x1 is missing or of another shape, t is outside [0, 1],
-                or t = 1 with sigma_min = 0.
-        """
-        check_batch(x, "x")
-        x1 = _required(x1, "x1", "GaussianPath")
-        check_same_shape(x1, x, "x1", "x")
-        t = as_time(t, x)
-        s = unsqueeze_like(self._std_checked(t), x)
-        return (x1 - (1 - self.sigma_min) * x) / s
-
-    def log_prob(self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None) -> Tensor:
-        """log N(x; t x1, s_t^2 I), shape (B,) (Lipman et al. 2023, eqs. 10 and 20).
-
-        Raises:
-            ValueError: if x1 is missing or of another shape, t is outside [0, 1],
-                or t = 1 with sigma_min = 0 (no density there).
-        """
-        check_batch(x, "x")
-        x1 = _required(x1, "x1", "GaussianPath")
-        check_same_shape(x1, x, "x1", "x")
-        t = as_time(t, x)
-        s = self._std_checked(t)
-        return _gaussian_log_prob(x, unsqueeze_like(t, x) * x1, s)
 
 
 class SchrodingerBridgePath(ProbPath):

@@ -15,6 +15,9 @@ import torch
 import fmlib
 from fmlib import (
     MLP,
+    AffinePath,
+    CondOTScheduler,
+    CosineScheduler,
     DigitClassifier,
     DigitUNet,
     EmpiricalMarginal,
@@ -22,9 +25,12 @@ from fmlib import (
     GaussianPath,
     LinearPath,
     NFECounter,
+    PolynomialScheduler,
     SchrodingerBridgePath,
+    VPScheduler,
     cfg_combine,
     cfm_loss,
+    change_scheduler,
     checkerboard,
     divergence,
     drop_labels,
@@ -37,6 +43,7 @@ from fmlib import (
     image_grid,
     integrate,
     integrate_adaptive,
+    integrate_sde,
     load_digits_split,
     log_likelihood,
     midpoint_step,
@@ -62,7 +69,7 @@ from fmlib import (
 )
 
 # Public names that are not functions to call with arguments: data containers and the abstract base class.
-NOT_CHECKED = {"PathSample", "ProbPath", "DigitsSplit"}
+NOT_CHECKED = {"PathSample", "ProbPath", "DigitsSplit", "Scheduler", "SchedulerOutput"}
 
 X = torch.zeros(4, 2)
 IMAGES = torch.zeros(3, 1, 8, 8)
@@ -250,6 +257,23 @@ TABLE = [
     ("seeded_generator", lambda: seeded_generator(-1), ValueError, "seed"),
     ("seeded_generator", lambda: seeded_generator(1.0), TypeError, "seed"),
     ("seeded_generator", lambda: seeded_generator("1"), TypeError, "seed"),
+    # Gaussian paths, schedulers, scheduler change and SDE sampling
+    ("CondOTScheduler", lambda: CondOTScheduler(sigma_min=1.0), ValueError, "sigma_min"),
+    ("CondOTScheduler", lambda: CondOTScheduler(sigma_min="0"), TypeError, "sigma_min"),
+    ("CosineScheduler", lambda: CosineScheduler()(1.5), ValueError, "t must lie"),
+    ("CosineScheduler", lambda: CosineScheduler()("0.5"), TypeError, "t must be"),
+    ("PolynomialScheduler", lambda: PolynomialScheduler(0.5), ValueError, "n must be"),
+    ("PolynomialScheduler", lambda: PolynomialScheduler(None), TypeError, "n must be"),
+    ("VPScheduler", lambda: VPScheduler(beta_min=0.0), ValueError, "beta_min"),
+    ("VPScheduler", lambda: VPScheduler(beta_max="20"), TypeError, "beta_max"),
+    ("AffinePath", lambda: AffinePath("cosine"), TypeError, "scheduler"),
+    ("AffinePath", lambda: AffinePath(CosineScheduler()).velocity_to_score(X, X, 1.0), ValueError, "sigma_t"),
+    ("change_scheduler", lambda: change_scheduler(None, GaussianPath(), GaussianPath()), TypeError, "v must be"),
+    ("change_scheduler", lambda: change_scheduler(v, GaussianPath(), "cosine"), TypeError, "to_path"),
+    ("integrate_sde", lambda: integrate_sde(v, X, GaussianPath(), -1.0, 5), ValueError, "diffusion"),
+    ("integrate_sde", lambda: integrate_sde(v, X, GaussianPath(), "1", 5), TypeError, "diffusion"),
+    ("integrate_sde", lambda: integrate_sde(v, X, "path", 1.0, 5), TypeError, "path"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, prediction="score"), ValueError, "prediction"),
 ]
 
 

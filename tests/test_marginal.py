@@ -6,9 +6,20 @@ import math
 import pytest
 import torch
 
-from fmlib import EmpiricalMarginal, GaussianPath, LinearPath, ProbPath, integrate
+from fmlib import (
+    AffinePath,
+    CosineScheduler,
+    EmpiricalMarginal,
+    GaussianPath,
+    LinearPath,
+    PolynomialScheduler,
+    ProbPath,
+    VPScheduler,
+    integrate,
+)
 
 PATHS = [GaussianPath(0.0), GaussianPath(0.05), LinearPath(0.0), LinearPath(0.2)]
+AFFINE = [AffinePath(CosineScheduler()), AffinePath(PolynomialScheduler(2)), AffinePath(VPScheduler())]
 
 
 def data(gen, n=40, shape=(2,), dtype=torch.float64):
@@ -23,18 +34,18 @@ def dense_reference(x1, path, x, t):
     for the linear path, from E[x1 - x0 | x_t, x1] by Gaussian conditioning.
     """
     n, b = x1.shape[0], x.shape[0]
-    if isinstance(path, GaussianPath):
-        std = 1 - (1 - path.sigma_min) * t
-    else:
-        std = torch.sqrt((1 - t) ** 2 + path.sigma**2)
-    comp = torch.distributions.Normal(t[:, None, None] * x1[None], std[:, None, None])
-    logc = comp.log_prob(x[:, None]).sum(-1)  # (B, N)
-    log_p = torch.logsumexp(logc, 1) - math.log(n)
-    w = torch.softmax(logc, 1)
     xr = x[:, None].expand(b, n, -1).reshape(b * n, -1)
     x1r = x1[None].expand(b, n, -1).reshape(b * n, -1)
     tr = t[:, None].expand(b, n).reshape(-1)
-    if isinstance(path, GaussianPath):
+    if isinstance(path, LinearPath):
+        std = torch.sqrt((1 - t) ** 2 + path.sigma**2)
+        comp = torch.distributions.Normal(t[:, None, None] * x1[None], std[:, None, None])
+        logc = comp.log_prob(x[:, None]).sum(-1)  # (B, N)
+    else:  # the path's own conditional density N(alpha_t x1, sigma_t^2 I), tested in test_paths
+        logc = path.log_prob(xr, tr, x1=x1r).reshape(b, n)
+    log_p = torch.logsumexp(logc, 1) - math.log(n)
+    w = torch.softmax(logc, 1)
+    if not isinstance(path, LinearPath):
         ucond = path.conditional_velocity(xr, tr, x1=x1r)
     else:
         e_x0 = ((1 - tr) / ((1 - tr) ** 2 + path.sigma**2))[:, None] * (xr - tr[:, None] * x1r)
@@ -43,7 +54,7 @@ def dense_reference(x1, path, x, t):
     return log_p, w, u
 
 
-@pytest.mark.parametrize("path", PATHS, ids=repr)
+@pytest.mark.parametrize("path", PATHS + AFFINE, ids=repr)
 def test_against_dense_computation(path, gen):
     x1 = data(gen)
     x = torch.randn(30, 2, generator=gen, dtype=torch.float64) * 2
@@ -66,13 +77,15 @@ def test_time_zero_is_the_source(gen):
     torch.testing.assert_close(m.velocity(x, 0.0), x1.mean(0) - x)
 
 
-@pytest.mark.parametrize("path", PATHS, ids=repr)
+@pytest.mark.parametrize("path", PATHS + AFFINE, ids=repr)
 def test_continuity_equation(path, gen):
     x1 = data(gen, n=25)
     idx = torch.randint(0, 25, (20,), generator=gen)
     t = torch.rand(20, generator=gen, dtype=torch.float64) * 0.8 + 0.1
     # points where the density is not negligible: near the path's means
-    x = (t[:, None] * x1[idx] + 0.5 * torch.randn(20, 2, generator=gen, dtype=torch.float64)).requires_grad_()
+    x = (
+        path.coefficients(t).alpha_t[:, None] * x1[idx] + 0.5 * torch.randn(20, 2, generator=gen, dtype=torch.float64)
+    ).requires_grad_()
     m = EmpiricalMarginal(x1, path)
     h = 1e-5
     with torch.no_grad():
@@ -146,6 +159,62 @@ def test_differentiable_in_x(gen):
     assert torch.autograd.gradcheck(lambda y: m.log_prob(y, 0.4), (x,))
 
 
+@pytest.mark.parametrize("path", [GaussianPath(0.0), LinearPath(0.3)] + AFFINE, ids=repr)
+def test_score_from_velocity_is_autograd_of_log_prob(path, gen):
+    x1 = data(gen, n=12)
+    m = EmpiricalMarginal(x1, path)
+    x = torch.randn(10, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(10, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    (grad,) = torch.autograd.grad(m.log_prob(x, t).sum(), x)
+    with torch.no_grad():
+        score = path.velocity_to_score(m.velocity(x, t), x, t)
+    torch.testing.assert_close(score, grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(path.velocity_to_x1(m.velocity(x, t), x, t), m.posterior_mean(x, t))
+
+
+@pytest.mark.parametrize("dtype,t", [(torch.float32, 1e-20), (torch.float64, 1e-200)])
+@pytest.mark.parametrize("features", [1, 10])
+def test_tiny_t_is_finite_and_correct(dtype, t, features):
+    # data {-1, 1}: at t -> 0 the posterior is uniform, xbar -> 0, u_t(x) -> -(1 - sigma_min) x
+    d = torch.zeros(2, features, dtype=dtype)
+    d[:, 0] = torch.tensor([-1.0, 1.0])
+    x = torch.zeros(1, features, dtype=dtype)
+    x[0, 0] = 0.5
+    m = EmpiricalMarginal(d, GaussianPath(0.01))
+    for xq in (x, x.clone().requires_grad_()):  # the fused route and the autograd (cdist) route
+        v = m.velocity(xq, t).detach()
+        assert torch.isfinite(v).all()
+        assert abs(float(v[0, 0]) + 0.495) < 1e-6 and float(v[0, 1:].abs().sum()) == 0.0
+        assert torch.isfinite(m.log_prob(xq, t)).all()
+    torch.testing.assert_close(m.posterior(x, t), torch.full((1, 2), 0.5, dtype=dtype))
+
+
+@pytest.mark.parametrize("path", PATHS + AFFINE, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_method_one_float_step_from_the_ends(path, dtype, gen):
+    zero, one = torch.tensor(0.0, dtype=dtype), torch.tensor(1.0, dtype=dtype)
+    x1 = data(gen, n=7, dtype=dtype)
+    m = EmpiricalMarginal(x1, path)
+    for features in (2, 12):
+        d = torch.randn(7, features, generator=gen, dtype=dtype) if features > 2 else x1
+        mm = EmpiricalMarginal(d, path) if features > 2 else m
+        x = torch.randn(4, features, generator=gen, dtype=dtype) * 2
+        for t in (torch.nextafter(zero, one), torch.nextafter(one, zero)):
+            for xq in (x, x.clone().requires_grad_()):
+                for out in (mm.velocity(xq, t), mm.log_prob(xq, t), mm.posterior(xq, t), mm.posterior_mean(xq, t)):
+                    assert torch.isfinite(out).all() and out.dtype == dtype, (path, float(t))
+            assert torch.isfinite(mm.conditional_velocities(x, t)).all()
+
+
+def test_bfloat16_query_uses_float32_times(gen):
+    x1 = data(gen, n=20, dtype=torch.float32)
+    m = EmpiricalMarginal(x1, GaussianPath(0.0))
+    x = (0.999 * x1[:5] + 0.001 * torch.randn(5, 2, generator=gen)).to(torch.bfloat16)
+    v = m.velocity(x, 0.999)  # bfloat16(0.999) would be 1.0, where the marginal has no velocity
+    assert v.dtype == torch.bfloat16
+    torch.testing.assert_close(v, m.velocity(x.float(), 0.999).to(torch.bfloat16))
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -179,7 +248,7 @@ def test_unsupported_path_raises(gen):
         def conditional_velocity(self, x, t, x0=None, x1=None): ...
         def log_prob(self, x, t, x0=None, x1=None): ...
 
-    with pytest.raises(ValueError, match="path must be a GaussianPath or a LinearPath; got Other"):
+    with pytest.raises(TypeError, match=r"path must have a coefficients\(t\) method.*got Other"):
         EmpiricalMarginal(data(gen), Other())
 
 

@@ -5,9 +5,19 @@ import math
 import pytest
 import torch
 
-from fmlib import GaussianPath, LinearPath, PathSample
+from fmlib import (
+    AffinePath,
+    CondOTScheduler,
+    CosineScheduler,
+    GaussianPath,
+    LinearPath,
+    PathSample,
+    PolynomialScheduler,
+    VPScheduler,
+)
 
-PATHS = [LinearPath(0.0), LinearPath(0.3), GaussianPath(0.0), GaussianPath(0.05)]
+AFFINE = [AffinePath(CosineScheduler()), AffinePath(PolynomialScheduler(2)), AffinePath(VPScheduler())]
+PATHS = [LinearPath(0.0), LinearPath(0.3), GaussianPath(0.0), GaussianPath(0.05)] + AFFINE
 
 
 def draw(gen, b=16, d=3):
@@ -135,6 +145,47 @@ def test_time_as_float_0d_and_batch_agree(gen):
     c = path.sample(x0, x1, torch.full((5,), 0.3)).x_t
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, c)
+
+
+@pytest.mark.parametrize("path", AFFINE, ids=repr)
+def test_affine_log_prob_against_torch_distributions(path, gen):
+    x0, x1 = draw(gen)
+    x = torch.randn(16, 3, generator=gen, dtype=torch.float64)
+    t = torch.rand(16, generator=gen, dtype=torch.float64) * 0.9
+    c = path.scheduler(t)
+    ref = torch.distributions.Normal(c.alpha_t[:, None] * x1, c.sigma_t[:, None]).log_prob(x).sum(1)
+    torch.testing.assert_close(path.log_prob(x, t, x1=x1), ref)
+
+
+def test_gaussian_path_is_the_condot_affine_path(gen):
+    x0, x1 = draw(gen)
+    t = torch.rand(16, generator=gen, dtype=torch.float64)
+    a, b = GaussianPath(0.1), AffinePath(CondOTScheduler(0.1))
+    assert torch.equal(a.sample(x0, x1, t).x_t, b.sample(x0, x1, t).x_t)
+    assert torch.equal(a.sample(x0, x1, t).u_t, b.sample(x0, x1, t).u_t)
+    assert repr(a) == "GaussianPath(sigma_min=0.1)" and repr(b) == "AffinePath(CondOTScheduler(sigma_min=0.1))"
+
+
+def test_linear_path_coefficients_include_the_tube():
+    c = LinearPath(0.3).coefficients(torch.tensor([0.0, 0.6, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(c.sigma_t, torch.tensor([1.0, 0.4, 0.0], dtype=torch.float64).hypot(torch.tensor(0.3)))
+    h = 1e-6
+    fd = (LinearPath(0.3).coefficients(0.6 + h).sigma_t - LinearPath(0.3).coefficients(0.6 - h).sigma_t) / (2 * h)
+    torch.testing.assert_close(c.d_sigma_t[1], fd)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_field_one_float_step_from_the_ends(path, dtype, gen):
+    zero, one = torch.tensor(0.0, dtype=dtype), torch.tensor(1.0, dtype=dtype)
+    x0, x1 = (v.to(dtype) for v in draw(gen, b=4))
+    for t in (torch.nextafter(zero, one), torch.nextafter(one, zero)):
+        s = path.sample(x0, x1, t, generator=gen)
+        assert torch.isfinite(s.x_t).all() and torch.isfinite(s.u_t).all() and s.x_t.dtype == dtype
+        assert float(s.t[0]) == float(t) and float(t) not in (0.0, 1.0)
+        assert torch.isfinite(path.conditional_velocity(s.x_t, t, x0=x0, x1=x1)).all()
+        if not (isinstance(path, LinearPath) and path.sigma == 0):
+            assert torch.isfinite(path.log_prob(s.x_t, t, x0=x0, x1=x1)).all()
 
 
 # --- bad input -----------------------------------------------------------------------------------
