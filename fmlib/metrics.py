@@ -140,6 +140,8 @@ def _to_numpy(x: Tensor | np.ndarray, name: str) -> np.ndarray:
     """Flatten images (N, *D) to a float64 array (N, prod D)."""
     if isinstance(x, Tensor):
         x = x.detach().to("cpu", torch.float64).numpy()
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.number):
+        raise TypeError(f"{name} must be a tensor or a numeric array of shape (N, *D); got {type(x).__name__}")
     x = np.asarray(x, dtype=np.float64)
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError(f"{name} must hold at least one sample, shape (N, *D); got shape {x.shape}")

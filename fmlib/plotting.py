@@ -876,6 +876,7 @@ def image_grid(images: Tensor, nrow: int, pad: int = 1, pad_value: float = 1.0) 
     if images.dim() != 4 or images.shape[1] != 1:
         raise ValueError(f"images must have shape (B, 1, H, W); got {tuple(images.shape)}")
     check_int(nrow, "nrow")
+    check_int(pad, "pad", low=0)
     b, _, h, w = images.shape
     rows = -(-b // nrow)
     out = np.full((rows * (h + pad) - pad, nrow * (w + pad) - pad), pad_value, dtype=np.float64)

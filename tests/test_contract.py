@@ -223,6 +223,7 @@ TABLE = [
     ("DigitClassifier", lambda: DigitClassifier(max_iter=None), TypeError, "max_iter"),
     ("frechet_distance", lambda: frechet_distance(np.zeros((1, 2)), np.zeros((3, 2))), ValueError, "2 samples"),
     ("frechet_distance", lambda: frechet_distance(np.zeros((3, 2)), np.zeros((3, 4))), ValueError, "features1"),
+    ("frechet_distance", lambda: frechet_distance("a", np.zeros((3, 2))), TypeError, "features1"),
     (
         "frechet_distance_gaussians",
         lambda: frechet_distance_gaussians(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)),
@@ -238,6 +239,7 @@ TABLE = [
     ("nearest_distances", lambda: nearest_distances("x", X), TypeError, "samples"),
     ("nearest_distances", lambda: nearest_distances(X, torch.zeros(3, 5)), ValueError, "samples and reference"),
     ("image_grid", lambda: image_grid(IMAGES, nrow=0), ValueError, "nrow"),
+    ("image_grid", lambda: image_grid(IMAGES, nrow=2, pad=-1), ValueError, "pad"),
     ("image_grid", lambda: image_grid(IMAGES, nrow=2.0), TypeError, "nrow"),
     ("image_grid", lambda: image_grid(torch.zeros(3, 8, 8), nrow=2), ValueError, "images"),
     ("image_grid", lambda: image_grid("images", nrow=2), TypeError, "images"),
