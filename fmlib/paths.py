@@ -734,7 +734,8 @@ def change_scheduler(
     Both paths share the data and the N(0, I) source, so the marginal of ``to_path`` at time r
     is that of ``from_path`` at the time t_r of equal signal-to-noise ratio
     alpha_{t_r} / sigma_{t_r} = alpha'_r / sigma'_r, scaled by
-    k_r = |(alpha'_r, sigma'_r)| / |(alpha_{t_r}, sigma_{t_r})|: x'_r = k_r x_{t_r}. The new field is
+    ``k_r = norm(alpha'_r, sigma'_r) / norm(alpha_{t_r}, sigma_{t_r})`` (Euclidean norms of the pairs),
+    so that ``x'_r = k_r x_{t_r}``. The new field is
 
         v'(x, r) = (d log k_r / dr) x + k_r (d t_r / dr) v(x / k_r, t_r),
 
