@@ -18,9 +18,10 @@ from .data import (
     spirals,
     two_moons,
 )
+from .ema import EMA
 from .guidance import cfg_combine, drop_labels, guided_velocity
 from .likelihood import divergence, log_likelihood
-from .losses import cfm_loss
+from .losses import cfm_loss, logit_normal
 from .marginal import EmpiricalMarginal
 from .metrics import (
     DigitClassifier,
@@ -66,7 +67,7 @@ from .solvers import (
     rk4_step,
     time_grid,
 )
-from .training import train, train_conditional
+from .training import TrainingRecord, lr_schedule, train, train_conditional
 
 __version__ = "0.1.0"
 
@@ -85,6 +86,7 @@ __all__ = [
     "change_scheduler",
     "integrate_sde",
     "cfm_loss",
+    "logit_normal",
     "EmpiricalMarginal",
     "euler_step",
     "midpoint_step",
@@ -113,6 +115,9 @@ __all__ = [
     "straightness",
     "MLP",
     "train",
+    "TrainingRecord",
+    "lr_schedule",
+    "EMA",
     "load_digits_split",
     "DigitsSplit",
     "DigitUNet",

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fmlib
-from fmlib import DATASETS, MLP, GaussianPath, checkerboard, eight_gaussians, sample_data, train
+from fmlib import DATASETS, MLP, checkerboard, eight_gaussians, sample_data
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -52,50 +52,3 @@ def test_mlp_shapes_times_and_dtype():
     assert model.double()(x.double(), 0.1).dtype == torch.float64
     with pytest.raises(ValueError, match="x must have 4 features"):
         model.float()(torch.randn(3, 3), 0.5)
-
-
-def test_training_lowers_the_loss_and_is_reproducible():
-    data = fmlib.two_moons(2000, generator=torch.Generator().manual_seed(0))
-
-    def run():
-        torch.manual_seed(0)
-        model = MLP(2, hidden=64, depth=2)
-        return train(
-            model,
-            GaussianPath(),
-            data,
-            steps=300,
-            batch_size=128,
-            lr=3e-3,
-            generator=torch.Generator().manual_seed(1),
-            progress=False,
-        )
-
-    a, b = run(), run()
-    assert a == b and len(a) == 300
-    assert sum(a[-50:]) / 50 < 0.8 * sum(a[:50]) / 50
-
-
-def test_train_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="steps must be an int >= 1"):
-        train(MLP(2), GaussianPath(), torch.zeros(4, 2), steps=0)
-    with pytest.raises(ValueError, match="lr must be > 0"):
-        train(MLP(2), GaussianPath(), torch.zeros(4, 2), steps=1, lr=0.0)
-
-
-def test_train_draws_x0_from_a_given_source():
-    # source and data are the same single point: the CFM target x1 - x0 is 0, so the loss of a zero-output
-    # model stays exactly 0 (with N(0, I) noise it could not)
-    class Zero(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, t):
-            return self.w * x
-
-    pt = torch.ones(10, 2)
-    losses = train(Zero(), fmlib.LinearPath(), pt, steps=3, source=pt, progress=False)
-    assert losses == [0.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="source must have data's feature shape"):
-        train(Zero(), fmlib.LinearPath(), pt, steps=1, source=torch.ones(10, 3), progress=False)

@@ -1,0 +1,142 @@
+"""An exponential moving average (EMA) of a model's parameters, with the usual warm-up of the decay.
+
+Polyak & Juditsky (1992) for averaging the iterates of stochastic gradient methods; the exponential form and
+the warm-up ``min(decay, (1 + n) / (10 + n))`` follow TensorFlow's ``ExponentialMovingAverage``
+(``num_updates``); flow-matching and diffusion models are evaluated with such averaged weights
+(Song & Ermon 2020, Section 3.5; Karras et al. 2024, Section 3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from numbers import Real
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    """Keep ``theta_ema <- d_n theta_ema + (1 - d_n) theta`` after every optimiser step.
+
+    The average starts at the model's parameters when the EMA is created. With ``warmup`` (the default) the
+    decay of the n-th update (n = 0, 1, ...) is ``d_n = min(decay, (1 + n) / (10 + n))``: early on, when the
+    weights move fast, the average forgets quickly, and it reaches ``decay`` after about ``9 / (1 - decay)``
+    updates; without warm-up d_n = decay. Only parameters are averaged (buffers are left as they are).
+    Averages are kept in ``promote_types(dtype, float32)`` so half-precision parameters do not lose the
+    small increments ``(1 - d) (theta - theta_ema)``.
+
+    Args:
+        model: the module whose parameters are averaged (trained in place by an optimiser).
+        decay: the decay d in [0, 1); the average spans about ``1 / (1 - d)`` steps. d = 0 keeps a copy
+            of the latest parameters.
+        warmup: use the warm-up ``min(decay, (1 + n) / (10 + n))``.
+
+    Raises:
+        TypeError: if model is not an ``nn.Module``.
+        ValueError: if decay is not a number in [0, 1).
+
+    Example:
+        >>> import torch
+        >>> lin = torch.nn.Linear(1, 1, bias=False)
+        >>> _ = torch.nn.init.zeros_(lin.weight)
+        >>> ema = EMA(lin, decay=0.5, warmup=False)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.fill_(1.0)
+        >>> ema.update()
+        >>> with ema.averaged():
+        ...     float(lin.weight.detach())
+        0.5
+        >>> float(lin.weight.detach())  # the training weights are back
+        1.0
+    """
+
+    model: nn.Module
+    decay: float
+    warmup: bool
+    num_updates: int
+    shadow: list[torch.Tensor]
+    _params: list[nn.Parameter]
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if isinstance(decay, bool) or not isinstance(decay, Real) or not math.isfinite(float(decay)):
+            raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")
+        if not 0.0 <= float(decay) < 1.0:
+            raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")
+        self.model = model
+        self.decay = float(decay)
+        self.warmup = bool(warmup)
+        self.num_updates = 0
+        self._params = list(model.parameters())
+        self.shadow = [p.detach().to(torch.promote_types(p.dtype, torch.float32)).clone() for p in self._params]
+
+    def current_decay(self) -> float:
+        """The decay d_n the next :meth:`update` uses."""
+        if not self.warmup:
+            return self.decay
+        n = self.num_updates
+        return min(self.decay, (1.0 + n) / (10.0 + n))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the model's current parameters into the average (call after each optimiser step)."""
+        d = self.current_decay()
+        current = [p.detach().to(s.dtype) for p, s in zip(self._params, self.shadow)]
+        torch._foreach_lerp_(self.shadow, current, 1.0 - d)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module | None = None) -> None:
+        """Write the averaged parameters into ``model`` (default: the tracked model), overwriting its own."""
+        params = self._params if model is None else list(model.parameters())
+        if len(params) != len(self.shadow) or any(p.shape != s.shape for p, s in zip(params, self.shadow)):
+            raise ValueError("model must have the tracked model's parameter shapes")
+        for p, s in zip(params, self.shadow):
+            p.copy_(s)
+
+    @contextmanager
+    def averaged(self) -> Iterator[nn.Module]:
+        """Within the block the tracked model carries the averaged parameters; its own come back after.
+
+        Example: ``with ema.averaged() as m: x = fmlib.integrate(m, x0)``.
+        """
+        saved = [p.detach().clone() for p in self._params]
+        self.copy_to()
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self._params, saved):
+                    p.copy_(s)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averages, the decay and the update count (save it beside the model's state dict)."""
+        return {
+            "decay": self.decay,
+            "warmup": self.warmup,
+            "num_updates": self.num_updates,
+            "shadow": [s.clone() for s in self.shadow],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: if the averages do not match the tracked model's parameter shapes.
+        """
+        shadow = state["shadow"]
+        if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
+            raise ValueError("state must hold one average per parameter of the tracked model, of the same shapes")
+        self.decay = float(state["decay"])
+        self.warmup = bool(state["warmup"])
+        self.num_updates = int(state["num_updates"])
+        self.shadow = [s.detach().to(dtype=b.dtype, device=b.device).clone() for s, b in zip(shadow, self.shadow)]
+
+    def __repr__(self) -> str:
+        return f"EMA(decay={self.decay:g}, warmup={self.warmup}, num_updates={self.num_updates})"
