@@ -186,6 +186,68 @@ def step_times(cfg: dict) -> dict:
     }
 
 
+def component_times(cfg: dict, repeats: int = 7, calls: int = 200) -> dict:
+    """Seconds per call of one baseline training step and of what each option adds to it, in isolation.
+
+    Each figure is the minimum over ``repeats`` rounds of ``calls`` calls (the minimum is the least disturbed by
+    other load on the machine); the overhead of an option is its added time divided by the baseline step's.
+    """
+    d = task_data("moons", 0, cfg)
+    torch.manual_seed(0)
+    model = fmlib.MLP(2, hidden=cfg["hidden"], depth=cfg["depth"])
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+    path, b, gen = fmlib.LinearPath(0.0), cfg["batch_size"], torch.Generator().manual_seed(0)
+    ema = fmlib.EMA(model, 0.999)
+    sched = fmlib.lr_schedule(torch.optim.Adam(fmlib.MLP(2, hidden=8, depth=1).parameters(), lr=1.0), 10**9)
+    sched.optimizer.step()  # (the scheduler expects an optimiser step before its own)
+    logit = fmlib.logit_normal()
+
+    def step():
+        idx = torch.randint(0, d["pool"].shape[0], (b,), generator=gen)
+        loss = fmlib.cfm_loss(model, path, d["pool"][idx], generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def clip():
+        torch.nn.utils.clip_grad_norm_(params, 1e9)
+
+    def uniform_t():
+        torch.rand(b, generator=gen)
+
+    def logit_t():
+        logit(b, gen, torch.float32, torch.device("cpu"))
+
+    fns = {
+        "step": step,
+        "ema": ema.update,
+        "cosine": sched.step,
+        "clip": clip,
+        "uniform_t": uniform_t,
+        "logit_normal_t": logit_t,
+    }
+    best = {k: float("inf") for k in fns}
+    step()  # gradients exist for clip
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            begin = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[k] = min(best[k], (time.perf_counter() - begin) / calls)
+    base = best["step"]
+    return {
+        "ms_per_call": {k: 1e3 * v for k, v in best.items()},
+        "overhead_fraction": {
+            "ema": best["ema"] / base,
+            "cosine": best["cosine"] / base,
+            "clip": best["clip"] / base,
+            "logit_normal": max(0.0, best["logit_normal_t"] - best["uniform_t"]) / base,
+        },
+        "method": f"minimum over {repeats} rounds of {calls} calls each; overhead = added time / baseline step time",
+    }
+
+
 def summarize(runs: list[dict]) -> dict:
     out: dict = {}
     for task in dict.fromkeys(r["task"] for r in runs):
@@ -230,6 +292,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--recipes", nargs="+", default=None)
     parser.add_argument("--extra", default=None, help='more recipes as JSON: {"name": {train kwargs}}')
     parser.add_argument("--eval-every", type=int, default=None, help="period of the W2 curve (steps)")
+    parser.add_argument("--timing-only", action="store_true", help="only the step-time measurements")
     parser.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="merge result files into --out")
@@ -256,7 +319,7 @@ def main(argv=None) -> dict:
     )
     begin = time.perf_counter()
     runs = []
-    for seed in cfg["seeds"]:
+    for seed in [] if args.timing_only else cfg["seeds"]:
         for task in cfg["tasks"]:
             for recipe in cfg["recipes"]:
                 r = run(task, seed, recipe, cfg)
@@ -266,9 +329,12 @@ def main(argv=None) -> dict:
                     f"({r['train_seconds']:.1f} s)"
                 )
     timing = None if args.no_timing else step_times(cfg)
+    components = None if args.no_timing else component_times(cfg)
     if timing:
         for o, v in timing.items():
             log(f"step time {o:14s} {v['ms_per_step_median']:.2f} ms  x{v['relative_to_baseline']:.3f}")
+        for o, v in components["overhead_fraction"].items():
+            log(f"overhead {o:14s} {100 * v:.2f}% of a step ({components['ms_per_call']['step']:.2f} ms)")
     result = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -290,6 +356,7 @@ def main(argv=None) -> dict:
         "runs": runs,
         "summary": summarize(runs),
         "step_time": timing,
+        "step_time_components": components,
     }
     result["meta"]["wall_seconds"] = time.perf_counter() - begin
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +389,7 @@ def merge(files: list[Path], out: Path) -> dict:
         "runs": runs,
         "summary": summarize(runs),
         "step_time": next((p["step_time"] for p in parts if p.get("step_time")), None),
+        "step_time_components": next((p["step_time_components"] for p in parts if p.get("step_time_components")), None),
     }
     write_json(out, result)
     return result
