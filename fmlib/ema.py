@@ -37,7 +37,7 @@ class EMA:
         warmup: use the warm-up ``min(decay, (1 + n) / (10 + n))``.
 
     Raises:
-        TypeError: if model is not an ``nn.Module``.
+        TypeError: if model is not an ``nn.Module`` or decay is not a real number.
         ValueError: if decay is not a number in [0, 1).
 
     Example:
@@ -65,7 +65,9 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if isinstance(decay, bool) or not isinstance(decay, Real) or not math.isfinite(float(decay)):
+        if isinstance(decay, bool) or not isinstance(decay, Real):
+            raise TypeError(f"decay must be a float in [0, 1); got {type(decay).__name__}")
+        if not math.isfinite(float(decay)):
             raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")
         if not 0.0 <= float(decay) < 1.0:
             raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")

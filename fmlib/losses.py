@@ -42,6 +42,7 @@ class logit_normal:  # noqa: N801 (a sampler factory, used like a function: fmli
 
     Raises:
         ValueError: if loc is not finite or scale is not a finite number > 0.
+        TypeError: if loc or scale is not a real number.
 
     Example:
         >>> import torch
@@ -52,7 +53,9 @@ class logit_normal:  # noqa: N801 (a sampler factory, used like a function: fmli
 
     def __init__(self, loc: float = 0.0, scale: float = 1.0) -> None:
         for name, value in (("loc", loc), ("scale", scale)):
-            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"logit_normal: {name} must be a finite float; got {type(value).__name__}")
+            if not math.isfinite(float(value)):
                 raise ValueError(f"logit_normal: {name} must be a finite float; got {value!r}")
         if not scale > 0:
             raise ValueError(f"logit_normal: scale must be > 0; got {scale!r}")

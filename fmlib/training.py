@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm import tqdm
 
-from ._checks import check_batch, check_int, check_labels
+from ._checks import check_batch, check_int, check_labels, check_real
 from .ema import EMA
 from .guidance import drop_labels
 from .losses import TimeSampler, cfm_loss
@@ -63,6 +63,8 @@ class TrainingRecord(list):
     """
 
     def __init__(self, losses: list[float]) -> None:
+        if not isinstance(losses, (list, tuple)):
+            raise TypeError(f"losses must be a list of floats; got {type(losses).__name__}")
         super().__init__(losses)
         self.lr: list[float] = []
         self.grad_norm: list[float] = []
@@ -123,7 +125,9 @@ def lr_schedule(
 def _check_decay(ema: object) -> float | None:
     if ema is None or ema is False:
         return None
-    if isinstance(ema, bool) or not isinstance(ema, Real) or not math.isfinite(float(ema)):
+    if isinstance(ema, bool) or not isinstance(ema, Real):
+        raise TypeError(f"ema must be None (off) or a decay in [0, 1); got {type(ema).__name__}")
+    if not math.isfinite(float(ema)):
         raise ValueError(f"ema must be None (off) or a decay in [0, 1); got {ema!r}")
     if not 0.0 <= float(ema) < 1.0:
         raise ValueError(f"ema must be None (off) or a decay in [0, 1); got {ema!r}")
@@ -151,8 +155,7 @@ def fit(
     last step the model is in eval mode and, with EMA, carries the averaged parameters.
     """
     check_int(steps, "steps")
-    if isinstance(lr, bool) or not isinstance(lr, Real) or not lr > 0 or not math.isfinite(lr):
-        raise ValueError(f"lr must be > 0; got {lr}")
+    lr = check_real(lr, "lr", low=0.0, low_inclusive=False)
     decay = _check_decay(ema)
     if clip_grad_norm is not None and (
         isinstance(clip_grad_norm, bool)

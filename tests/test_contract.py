@@ -276,6 +276,24 @@ TABLE = [
     ("integrate_sde", lambda: integrate_sde(v, X, GaussianPath(), "1", 5), TypeError, "diffusion"),
     ("integrate_sde", lambda: integrate_sde(v, X, "path", 1.0, 5), TypeError, "path"),
     ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, prediction="score"), ValueError, "prediction"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, weights=-torch.ones(len(X))), ValueError, "weights"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, time_sampler=0.5), TypeError, "time_sampler"),
+    ("cfm_loss", lambda: cfm_loss(v, GaussianPath(), X, coupling=lambda a, b: [0]), TypeError, "coupling"),
+    ("logit_normal", lambda: fmlib.logit_normal(0.0, -1.0), ValueError, "scale"),
+    ("logit_normal", lambda: fmlib.logit_normal("0", 1.0), TypeError, "loc"),
+    ("EMA", lambda: fmlib.EMA(MLP(2), decay=1.0), ValueError, "decay"),
+    ("EMA", lambda: fmlib.EMA(MLP(2), decay="0.9"), TypeError, "decay"),
+    ("EMA", lambda: fmlib.EMA(v, decay=0.9), TypeError, "model"),
+    (
+        "lr_schedule",
+        lambda: fmlib.lr_schedule(torch.optim.SGD(MLP(2).parameters(), 0.1), 10, "linear"),
+        ValueError,
+        "schedule",
+    ),
+    ("lr_schedule", lambda: fmlib.lr_schedule(torch.optim.SGD(MLP(2).parameters(), 0.1), 10, 3), TypeError, "schedule"),
+    ("TrainingRecord", lambda: fmlib.TrainingRecord(3), TypeError, "losses"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, ema=1.0, progress=False), ValueError, "ema"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, ema="0.9", progress=False), TypeError, "ema"),
 ]
 
 
