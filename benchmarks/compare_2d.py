@@ -334,6 +334,8 @@ def long_reference(cfg: Config, log) -> dict:
                 ref.steps,
                 batch_size=cfg.batch_size,
                 lr=cfg.lr,
+                schedule="constant",  # the recipe of the stored results: plain Adam at a constant rate
+                ema=None,
                 generator=gen,
                 progress=False,
             )

@@ -6,6 +6,7 @@ The subprocesses get a dead proxy, so a validator that tried to download a schem
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,7 @@ def test_a_tiny_book_builds_strictly_without_npm(tmp_path):
     (book / "tools" / "mathjax_cdn_config.py").write_text((ROOT / "tools" / "mathjax_cdn_config.py").read_text())
     (book / "templates" / "chapter.ipynb").write_text((ROOT / "templates" / "chapter.ipynb").read_text())
     (book / "book" / "references.bib").write_text((ROOT / "book" / "references.bib").read_text())
+    shutil.copytree(ROOT / "book" / "css", book / "book" / "css")  # the book's stylesheet, kept without npm
     (book / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
     (book / "book" / "intro.md").write_text("# A tiny book\n\nThe flow solves\n\n$$\n\\dot x = v_t(x)\n$$\n")
     venv = tmp_path / "venv"
