@@ -46,7 +46,9 @@ help:
 	@echo "make book      build the HTML book into _build/html, executing every chapter (npm optional)"
 	@echo "make test      pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
 	@echo "make lint      ruff on fmlib/, tests/, benchmarks/ and tools/, mypy on fmlib/"
-	@echo "make bench     the 2D benchmark against torchcfm and flow_matching (15-35 min on 2 cores)"
+	@echo "make bench     the benchmarks the book's results page reads, in sequence: compare_2d (fmlib beside torchcfm"
+	@echo "               and flow_matching, 15-35 min) and couplings (what a minibatch OT coupling costs, 10-25 min):"
+	@echo "               25-60 min in all on 2 cores"
 	@echo "make gpu-test  on a CUDA machine: a CUDA smoke check, then every chapter with nbval, timed"
 	@echo "               (PYTHON_ENV=system PYTHON=python3: use that Python and its own CUDA torch, no venv)"
 	@echo "make clean     remove _build/"
@@ -72,8 +74,11 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
 	$(BIN)/python -c "import torch, torchcfm, flow_matching; v = torch.__version__.split('+')[0]; assert '$(TORCH_SPEC)'.endswith(v), v"
 	touch $(BENCH_STAMP)
 
+# The benchmarks behind book/benchmarks.ipynb, one after the other (each writes benchmarks/results/NAME.json); on the
+# project's 2 cores: compare_2d 15-35 min, couplings 10-25 min (23 beside other jobs), 25-60 min in all.
+BENCHMARKS := compare_2d couplings
 bench: $(BENCH_STAMP)
-	$(BIN)/python benchmarks/compare_2d.py
+	set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py; done
 
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules

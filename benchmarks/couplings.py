@@ -24,70 +24,95 @@ which is what ``cfm_loss(..., coupling=...)`` does. The default coupling is chos
 from the numbers: the cheapest coupling whose step is within 2x of the independent step and whose W2 at 100
 steps and NPE are within one standard deviation (over seeds) of exact OT's; the reason is written beside it.
 
-Usage:
-    python benchmarks/couplings.py            # about 10 minutes on one idle core (more on a shared machine)
-    python benchmarks/couplings.py --smoke --out /tmp/couplings_smoke.json   # < 1 minute
+The result has the common ``meta`` and ``config`` entries of :mod:`benchmarks.harness` (the configuration is
+:class:`Config`; a description of the exact solver is stored beside it), the four measurements above, the load
+average of the machine when the run started (``machine_load``), and the ``default`` chosen from them.
+
+Usage (from the repository root):
+    python benchmarks/couplings.py            # about 10 minutes on one idle core (23 on 2 shared cores)
+    python benchmarks/couplings.py --smoke --out /tmp/couplings_smoke.json   # about a minute
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
+import dataclasses
 import functools
-import json
 import os
-import platform
 import statistics
-import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import fmlib
+if __package__ in (None, ""):  # run as `python benchmarks/couplings.py`: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import fmlib  # noqa: E402
+from benchmarks import harness  # noqa: E402
+
 TARGET = "8gaussians"
 
-FULL = {
-    "sizes": [64, 128, 256, 512, 1024, 2048],
-    "scipy_max": 1024,
-    "blocks": [32, 64, 128, 256],
-    "regs": [0.1, 0.5, 2.0],
-    "batch": 512,
-    "cost_draws": 5,
-    "step_rounds": 6,
-    "step_block": 15,
-    "steps": 600,
-    "seeds": [0, 1, 2],
-    "n_eval": 1000,
-    "train_couplings": ["independent", "exact", "block_64", "block_128", "sinkhorn_0.5"],
-}
-SMOKE = {
-    "sizes": [64, 128],
-    "scipy_max": 128,
-    "blocks": [32],
-    "regs": [0.5],
-    "batch": 128,
-    "cost_draws": 2,
-    "step_rounds": 2,
-    "step_block": 3,
-    "steps": 20,
-    "seeds": [0],
-    "n_eval": 200,
-    "train_couplings": ["independent", "exact", "block_64"],
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run depends on (the defaults are the full benchmark)."""
+
+    sizes: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
+    scipy_max: int = 1024
+    blocks: tuple[int, ...] = (32, 64, 128, 256)
+    regs: tuple[float, ...] = (0.1, 0.5, 2.0)
+    batch: int = 512
+    cost_draws: int = 5
+    step_rounds: int = 6
+    step_block: int = 15
+    steps: int = 600
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_eval: int = 1000
+    train_couplings: tuple[str, ...] = ("independent", "exact", "block_64", "block_128", "sinkhorn_0.5")
+
+    @classmethod
+    def smoke(cls) -> Config:
+        """A tiny run of every part (about a minute on a shared machine)."""
+        return cls(
+            sizes=(64, 128),
+            scipy_max=128,
+            blocks=(32,),
+            regs=(0.5,),
+            batch=128,
+            cost_draws=2,
+            step_rounds=2,
+            step_block=3,
+            steps=20,
+            seeds=(0,),
+            n_eval=200,
+            train_couplings=("independent", "exact", "block_64"),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """The Config stored in a result's ``config`` (its descriptive entries are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+
+DESCRIPTION = {
+    "exact_solver": (
+        "fmlib.ot_assignment: the cost divided by its maximum, then SciPy linear_sum_assignment up to 256 rows "
+        "and POT ot.emd (network simplex) above"
+    ),
 }
 
 
-def couplings(cfg: dict, generator: torch.Generator) -> dict[str, Callable | None]:
+def couplings(cfg: Config, generator: torch.Generator) -> dict[str, Callable | None]:
     out: dict[str, Callable | None] = {"independent": None, "exact": fmlib.ot_assignment}
-    for b in sorted(set(cfg["blocks"]) | {64, 128}):
+    for b in sorted(set(cfg.blocks) | {64, 128}):
         out[f"block_{b}"] = functools.partial(fmlib.ot_assignment, block_size=b)
-    for reg in cfg["regs"]:
+    for reg in cfg.regs:
         out[f"sinkhorn_{reg:g}"] = fmlib.sinkhorn_coupling(reg, generator=generator)
     return out
 
@@ -101,35 +126,24 @@ def pair_cost(x0: torch.Tensor, x1: torch.Tensor, pi: torch.Tensor | None) -> fl
     return float((x0.double() - y.double()).pow(2).sum(1).mean())
 
 
-def mean_sd(values) -> dict:
-    values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
 # ------------------------------------------------------------------------------------------------ 1 and 2
-def assignment_time(cfg: dict, log) -> dict:
+def assignment_time(cfg: Config, log) -> dict:
     import ot
     from scipy.optimize import linear_sum_assignment
 
     gen = torch.Generator().manual_seed(0)
     cps = couplings(cfg, gen)
     out: dict = {}
-    for n in cfg["sizes"]:
+    for n in cfg.sizes:
         reps = max(1, min(5, 1024 // n))
         x0, x1 = draw(n, gen)
         row: dict = {}
 
-        def timed(fn, reps=reps) -> float:
-            fn()  # warm-up
-            ts = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-            return statistics.median(ts)
+        def timed(fn, reps=reps) -> float:  # median of reps runs after a warm-up, however long a run takes
+            return harness.timed(fn, reps, long_run=float("inf"))[0]
 
         row["exact"] = timed(lambda x0=x0, x1=x1: fmlib.ot_assignment(x0, x1))
-        if n <= cfg["scipy_max"]:
+        if n <= cfg.scipy_max:
             cost = torch.cdist(x0.double(), x1.double()).pow(2).numpy()
             row["scipy_linear_sum_assignment"] = timed(lambda cost=cost: linear_sum_assignment(cost))
         cost = torch.cdist(x0.double(), x1.double()).pow(2).numpy()
@@ -145,16 +159,16 @@ def assignment_time(cfg: dict, log) -> dict:
     return out
 
 
-def transport_cost(cfg: dict, log) -> dict:
+def transport_cost(cfg: Config, log) -> dict:
     gen = torch.Generator().manual_seed(1)
     cps = couplings(cfg, gen)
     ratios: dict[str, list[float]] = {k: [] for k in cps}
-    for _ in range(cfg["cost_draws"]):
-        x0, x1 = draw(cfg["batch"], gen)
+    for _ in range(cfg.cost_draws):
+        x0, x1 = draw(cfg.batch, gen)
         exact = pair_cost(x0, x1, fmlib.ot_assignment(x0, x1))
         for name, c in cps.items():
             ratios[name].append(pair_cost(x0, x1, None if c is None else c(x0, x1)) / exact)
-    out = {k: mean_sd(v) for k, v in ratios.items()}
+    out = {k: harness.mean_sd(v) for k, v in ratios.items()}
     log("transport cost / exact: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in out.items()))
     return out
 
@@ -215,12 +229,12 @@ def make_step(model, opt, path):
     return step
 
 
-def step_time(cfg: dict, log) -> dict:
-    b = cfg["batch"]
+def step_time(cfg: Config, log) -> dict:
+    b = cfg.batch
     gen = torch.Generator().manual_seed(2)
     data = fmlib.sample_data(TARGET, 20_000, generator=gen)
     cps = couplings(cfg, gen)
-    names = ["independent", "exact", "block_64", "block_128", f"sinkhorn_{cfg['regs'][0]:g}"]
+    names = ["independent", "exact", "block_64", "block_128", f"sinkhorn_{cfg.regs[0]:g}"]
     path = fmlib.LinearPath()
     steps = {}
     for name in names + ["exact_prefetch"]:
@@ -229,32 +243,31 @@ def step_time(cfg: dict, log) -> dict:
     loader = torch.utils.data.DataLoader(PairedBatches(data, b, 3), batch_size=None, num_workers=1, prefetch_factor=2)
     prefetched = iter(loader)
     next(prefetched)  # start the worker before timing
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for r in range(cfg["step_rounds"]):
+    watches = {k: harness.Stopwatch() for k in steps}  # one lap per round: a block of step_block steps
+    for r in range(cfg.step_rounds):
         order = names + ["exact_prefetch"]
         order = order[r % len(order) :] + order[: r % len(order)]
         for name in order:
-            t0 = time.perf_counter()
-            for _ in range(cfg["step_block"]):
-                if name == "exact_prefetch":
-                    x0, x1, t = next(prefetched)
-                else:
-                    idx = torch.randint(0, data.shape[0], (b,), generator=gen)
-                    x0, x1, t = torch.randn(b, 2, generator=gen), data[idx], torch.rand(b, generator=gen)
-                    c = cps[name]
-                    if c is not None:
-                        x1 = x1[c(x0, x1)]
-                steps[name](x0, x1, t)
-            times[name].append((time.perf_counter() - t0) / cfg["step_block"])
+            with watches[name]:
+                for _ in range(cfg.step_block):
+                    if name == "exact_prefetch":
+                        x0, x1, t = next(prefetched)
+                    else:
+                        idx = torch.randint(0, data.shape[0], (b,), generator=gen)
+                        x0, x1, t = torch.randn(b, 2, generator=gen), data[idx], torch.rand(b, generator=gen)
+                        c = cps[name]
+                        if c is not None:
+                            x1 = x1[c(x0, x1)]
+                    steps[name](x0, x1, t)
     del prefetched, loader
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    ms = {k: 1e3 * statistics.median(w.laps) / cfg.step_block for k, w in watches.items()}
     ratio = {k: v / ms["independent"] for k, v in ms.items()}
     log(f"step ms at B={b}: " + ", ".join(f"{k} {v:.1f} ({ratio[k]:.1f}x)" for k, v in ms.items()))
     return {"batch": b, "ms_per_step": ms, "ratio_to_independent": ratio, "gil_overlap": gil_overlap()}
 
 
 # ------------------------------------------------------------------------------------------------ 4
-def train_and_evaluate(cfg: dict, name: str, seed: int) -> dict:
+def train_and_evaluate(cfg: Config, name: str, seed: int) -> dict:
     gen = torch.Generator().manual_seed(100 + seed)
     torch.manual_seed(seed)
     model = fmlib.MLP(2, hidden=64, depth=3)
@@ -262,32 +275,33 @@ def train_and_evaluate(cfg: dict, name: str, seed: int) -> dict:
     step = make_step(model, opt, fmlib.LinearPath())
     coupling = couplings(cfg, gen)[name]
     data = fmlib.sample_data(TARGET, 20_000, generator=gen)
-    b = cfg["batch"]
-    t_start = time.perf_counter()
-    for _ in range(cfg["steps"]):
-        idx = torch.randint(0, data.shape[0], (b,), generator=gen)
-        x0, x1, t = torch.randn(b, 2, generator=gen), data[idx], torch.rand(b, generator=gen)
-        if coupling is not None:
-            x1 = x1[coupling(x0, x1)]
-        step(x0, x1, t)
-    train_s = time.perf_counter() - t_start
+    b = cfg.batch
+    watch = harness.Stopwatch()
+    with watch:
+        for _ in range(cfg.steps):
+            idx = torch.randint(0, data.shape[0], (b,), generator=gen)
+            x0, x1, t = torch.randn(b, 2, generator=gen), data[idx], torch.rand(b, generator=gen)
+            if coupling is not None:
+                x1 = x1[coupling(x0, x1)]
+            step(x0, x1, t)
+    train_s = watch.seconds
     model.eval()
-    x0_eval = torch.randn(cfg["n_eval"], 2, generator=gen)
-    held_out = fmlib.sample_data(TARGET, cfg["n_eval"], generator=gen)
+    x0_eval = torch.randn(cfg.n_eval, 2, generator=gen)
+    held_out = fmlib.sample_data(TARGET, cfg.n_eval, generator=gen)
     with torch.no_grad():
         w2 = {str(k): fmlib.wasserstein2(fmlib.integrate(model, x0_eval, steps=k), held_out) for k in (1, 100)}
     npe = fmlib.normalized_path_energy(model, x0_eval, held_out, steps=100)
     return {"w2": w2, "npe": npe, "train_s": train_s}
 
 
-def training(cfg: dict, log) -> dict:
+def training(cfg: Config, log) -> dict:
     runs: dict[str, list[dict]] = {}
-    for name in cfg["train_couplings"]:
-        runs[name] = [train_and_evaluate(cfg, name, s) for s in cfg["seeds"]]
+    for name in cfg.train_couplings:
+        runs[name] = [train_and_evaluate(cfg, name, s) for s in cfg.seeds]
         summary = {
-            "w2_1": mean_sd([r["w2"]["1"] for r in runs[name]]),
-            "w2_100": mean_sd([r["w2"]["100"] for r in runs[name]]),
-            "npe": mean_sd([r["npe"] for r in runs[name]]),
+            "w2_1": harness.mean_sd([r["w2"]["1"] for r in runs[name]]),
+            "w2_100": harness.mean_sd([r["w2"]["100"] for r in runs[name]]),
+            "npe": harness.mean_sd([r["npe"] for r in runs[name]]),
         }
         log(
             f"train {name}: W2@1 {summary['w2_1']['mean']:.3f}, W2@100 {summary['w2_100']['mean']:.3f}, "
@@ -296,9 +310,9 @@ def training(cfg: dict, log) -> dict:
     return {
         name: {
             "runs": rs,
-            "w2_1": mean_sd([r["w2"]["1"] for r in rs]),
-            "w2_100": mean_sd([r["w2"]["100"] for r in rs]),
-            "npe": mean_sd([r["npe"] for r in rs]),
+            "w2_1": harness.mean_sd([r["w2"]["1"] for r in rs]),
+            "w2_100": harness.mean_sd([r["w2"]["100"] for r in rs]),
+            "npe": harness.mean_sd([r["npe"] for r in rs]),
         }
         for name, rs in runs.items()
     }
@@ -331,74 +345,36 @@ def choose_default(result: dict) -> dict:
     return {"coupling": name, "reason": reason, "candidates": {c[0]: c[2] for c in candidates}}
 
 
-def machine_info(threads: int) -> dict:
-    import ot
-    import scipy
-
-    cpu = platform.processor() or platform.machine()
+def load_average() -> float | None:
+    """The 1-minute load average of the machine (None where the platform does not report it)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
-    return {
-        "git_commit": commit or None,
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "load_average_1min_at_start": load,
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "pot": ot.__version__,
-        "fmlib": fmlib.__version__,
-        "torch_threads": threads,
-        "device": "cpu",
-        "exact_solver": (
-            "fmlib.ot_assignment: the cost divided by its maximum, then SciPy linear_sum_assignment up to 256 rows "
-            "and POT ot.emd (network simplex) above"
-        ),
-    }
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a tiny run of every part (< 1 minute)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/couplings.json)")
-    parser.add_argument("--quiet", action="store_true")
+def main(argv: list[str] | None = None) -> dict:
+    parser = harness.parser(__doc__, default_out="couplings.json")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    cfg = dict(SMOKE if args.smoke else FULL)
+    if args.smoke and args.out == parser.get_default("out"):
+        args.out = str(harness.RESULTS / "couplings_smoke.json")  # a smoke run never overwrites the full results
+    cfg = Config.smoke() if args.smoke else Config()
+    result = harness.new_result("couplings", cfg, args, libraries=("scipy", "ot"), argv=argv)
+    result["config"].update(DESCRIPTION)
+    result["machine_load"] = {"load_average_1min_at_start": load_average()}
     begin = time.perf_counter()
+    quiet = harness.logger(args.quiet)
 
     def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - begin:6.0f} s] {msg}", flush=True)
+        quiet(f"[{time.perf_counter() - begin:6.0f} s] {msg}")
 
-    result: dict = {"meta": machine_info(1), "config": cfg}
-    result["meta"]["mode"] = "smoke" if args.smoke else "full"
     result["assignment_time"] = assignment_time(cfg, log)
     result["transport_cost"] = transport_cost(cfg, log)
     result["step_time"] = step_time(cfg, log)
     result["training"] = training(cfg, log)
     result["default"] = choose_default(result)
-    result["meta"]["wall_seconds"] = time.perf_counter() - begin
     log("default: " + result["default"]["reason"])
-    out = Path(args.out) if args.out else RESULTS / ("couplings_smoke.json" if args.smoke else "couplings.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    log(f"wrote {harness.save(result, args.out)}")
     return result
 
 

@@ -158,3 +158,115 @@ def samples(result: dict) -> Figure | None:
 
 COMPARE_2D = {"time_ratios": time_ratios, "w2": w2_against_nfe, "samples": samples}
 """The figures of benchmarks/compare_2d.py, by the name of their PNG (``compare_2d_<name>.png``)."""
+
+
+# ------------------------------------------------------------------------------------------------ couplings
+_BLOCK_MARKERS = ("<", ">", "p", "h", "8")
+_SINKHORN_MARKERS = ("*", "X", "P", "d")
+_FIXED_COUPLINGS = {  # label, colour, marker
+    "independent": ("independent", "0.45", "o"),
+    "exact": ("exact OT (fmlib)", "k", "s"),
+    "exact_prefetch": ("exact OT, prefetched", "tab:purple", "D"),
+    "scipy_linear_sum_assignment": ("SciPy assignment", "tab:brown", "v"),
+    "pot_emd": ("POT network simplex", "tab:pink", "^"),
+}
+
+
+def coupling_style(name: str, config: dict) -> tuple[str, str, str]:
+    """(label, colour, marker) of a coupling of ``benchmarks/couplings.py``: one marker per coupling, blues for
+    sub-batch OT (darker for larger blocks), oranges for Sinkhorn (darker for smaller regularisation)."""
+    if name in _FIXED_COUPLINGS:
+        return _FIXED_COUPLINGS[name]
+    kind, _, value = name.partition("_")
+    if kind == "block":
+        sizes = sorted(set(config["blocks"]) | {64, 128})
+        i = sizes.index(int(value))
+        return f"OT in blocks of {value}", plt.cm.Blues(0.45 + 0.5 * i / max(1, len(sizes) - 1)), _BLOCK_MARKERS[i]
+    if kind == "sinkhorn":
+        regs = sorted(float(r) for r in config["regs"])
+        i = regs.index(float(value))
+        colour = plt.cm.Oranges(0.95 - 0.45 * i / max(1, len(regs) - 1))
+        return f"Sinkhorn, reg {value}", colour, _SINKHORN_MARKERS[i]
+    raise ValueError(f"unknown coupling {name!r}")
+
+
+def _coupling_key(name: str) -> tuple[str, float]:
+    kind, _, value = name.partition("_")
+    return kind, float(value)
+
+
+def coupling_cost(result: dict) -> Figure:
+    """Left: seconds per coupling of a batch against the batch size B (log-log). Right: the cost-against-quality
+    curve at the training batch size: the training step's time relative to the independent step (x) against the
+    mean squared pair length relative to the exact assignment's (y), with the 2x step target as a dashed line."""
+    cfg = result["config"]
+    fig, (ax_t, ax_c) = plt.subplots(1, 2, figsize=(MAX_FIGURE_WIDTH, 4.2))
+    at = result["assignment_time"]
+    sizes = [int(n) for n in at]
+    names = list(dict.fromkeys(k for row in at.values() for k in row))
+    handles = {}
+    for name in names:
+        label, colour, marker = coupling_style(name, cfg)
+        pts = [(n, at[str(n)][name]) for n in sizes if name in at[str(n)]]
+        ax_t.plot(*zip(*pts), color=colour, marker=marker, ms=5, lw=1.2)
+        handles[name] = Line2D([], [], color=colour, marker=marker, ms=6, lw=1.2, label=label)
+    ax_t.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="seconds per coupling")
+    ax_t.set_xticks(sizes, [str(n) for n in sizes])
+    ax_t.minorticks_off()
+    ax_t.set_title("Time of one coupling")
+
+    st, tc = result["step_time"], result["transport_cost"]
+    ratio = st["ratio_to_independent"]
+    for name, r in ratio.items():
+        cost = tc["exact" if name == "exact_prefetch" else name]
+        label, colour, marker = coupling_style(name, cfg)
+        ax_c.errorbar(r, cost["mean"], yerr=cost["sd"], color=colour, marker=marker, ms=7, capsize=2, ls="none")
+        handles.setdefault(name, Line2D([], [], color=colour, marker=marker, ms=6, ls="none", label=label))
+    ax_c.axvline(2.0, color="k", lw=0.8, ls="--")
+    ax_c.text(2.0, 0.98, " 2x target", transform=ax_c.get_xaxis_transform(), va="top", ha="left", fontsize=9)
+    ax_c.set(xscale="log", yscale="log", title=f"Cost against quality, B = {st['batch']}")
+    ax_c.set_xlabel("training step time / independent step")
+    ax_c.set_ylabel("transport cost / exact OT's (mean ± sd)")
+    ax_c.minorticks_off()
+    xs = list(ratio.values())
+    ax_c.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+    ys = [tc["exact" if n == "exact_prefetch" else n]["mean"] for n in ratio]
+    ax_c.set_ylim(0.8, max(ys) * 1.4)
+    ticks = [1, 2, 5, 10, 20]
+    ax_c.set_xticks([t for t in ticks if min(xs) / 1.5 <= t <= max(xs) * 1.5])
+    ax_c.set_xticklabels([f"{t:g}" for t in ticks if min(xs) / 1.5 <= t <= max(xs) * 1.5])
+    ax_c.set_yticks([1, 2, 5], ["1", "2", "5"])
+    order = [*_FIXED_COUPLINGS, *sorted((k for k in handles if k not in _FIXED_COUPLINGS), key=_coupling_key)]
+    fig.legend(handles=[handles[k] for k in order if k in handles], loc="outside lower center", ncol=4, frameon=False)
+    return fig
+
+
+def coupling_training(result: dict) -> Figure:
+    """After training at the benchmark's batch size: W2 to held-out data after 1 and 100 Euler steps and the
+    normalised path energy, mean ± sd over seeds, one row per coupling (the chosen default marked), three panels."""
+    cfg, tr = result["config"], result["training"]
+    names = list(tr)
+    default = result["default"]["coupling"]
+    fig, axes = plt.subplots(1, 3, figsize=(MAX_FIGURE_WIDTH, 0.45 * len(names) + 1.6), sharey=True)
+    y = np.arange(len(names))[::-1]
+    for ax, (key, title) in zip(
+        axes, [("w2_1", "W2, 1 Euler step"), ("w2_100", "W2, 100 Euler steps"), ("npe", "NPE")]
+    ):
+        for yi, name in zip(y, names):
+            _, colour, marker = coupling_style(name, cfg)
+            d = tr[name][key]
+            ax.errorbar(d["mean"], yi, xerr=d["sd"], color=colour, marker=marker, ms=7, capsize=3, ls="none")
+        lo = min(tr[n][key]["mean"] - tr[n][key]["sd"] for n in names)
+        hi = max(tr[n][key]["mean"] + tr[n][key]["sd"] for n in names)
+        ax.set_xlim(max(0.0, lo - 0.1 * (hi - lo)), hi + 0.1 * (hi - lo))
+        ax.set_title(title)
+        ax.set_xlabel("mean ± sd over seeds")
+    labels = [coupling_style(n, cfg)[0] + (" (default)" if n == default else "") for n in names]
+    axes[0].set_yticks(y, labels)
+    axes[0].set_ylim(-0.6, len(names) - 0.4)
+    fig.suptitle(f"After {cfg['steps']} training steps at B = {cfg['batch']}, {len(cfg['seeds'])} seeds")
+    return fig
+
+
+COUPLINGS = {"cost": coupling_cost, "training": coupling_training}
+"""The figures of benchmarks/couplings.py, by name."""

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks import compare_2d, figures, harness, sampling  # noqa: E402
+from benchmarks import compare_2d, couplings, figures, harness, sampling  # noqa: E402
 from fmlib.plotting import MAX_FIGURE_WIDTH  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -153,6 +153,75 @@ def test_chapter_cell_steps_are_replaced_in_the_fmlib_train_call():
     assert edit.replaced == 1 and "steps=7" in source and "other(steps=3)" in source
 
 
+# ------------------------------------------------------------------------------------------------ couplings
+@pytest.fixture(scope="module")
+def couplings_smoke(tmp_path_factory):
+    return run_smoke("couplings", tmp_path_factory.mktemp("couplings") / "couplings.json")
+
+
+def test_couplings_smoke_writes_the_common_format(couplings_smoke):
+    result = couplings_smoke
+    meta = result["meta"]
+    assert meta["benchmark"] == "couplings" and meta["mode"] == "smoke" and meta["torch_threads"] == 1
+    assert {"python", "torch", "numpy", "fmlib", "scipy", "ot"} <= set(meta["versions"])
+    assert couplings.Config.from_dict(result["config"]) == couplings.Config.smoke()
+    assert result["config"]["exact_solver"] == couplings.DESCRIPTION["exact_solver"]
+    bad = [(where, v) for where, v in _numbers(result) if not math.isfinite(v)]
+    assert not bad, bad[:10]
+
+
+def test_couplings_smoke_measures_every_part(couplings_smoke):
+    result, cfg = couplings_smoke, couplings.Config.smoke()
+    assert list(result["assignment_time"]) == [str(n) for n in cfg.sizes]
+    for row in result["assignment_time"].values():
+        assert {"exact", "pot_emd", "scipy_linear_sum_assignment"} <= set(row) and min(row.values()) > 0
+    tc = result["transport_cost"]
+    # exact OT is the optimal assignment: it is the reference (ratio 1) and no coupling pairs shorter; independent
+    # pairs are much longer (the 8 Gaussians lie on a circle far outside the bulk of N(0, I))
+    assert tc["exact"] == {"mean": 1.0, "sd": 0.0, "n": cfg.cost_draws}
+    assert all(d["mean"] >= 1 - 1e-9 for d in tc.values()), tc
+    assert tc["independent"]["mean"] > 2
+    st = result["step_time"]
+    assert st["batch"] == cfg.batch and st["ratio_to_independent"]["independent"] == 1.0
+    assert set(st["ms_per_step"]) == {"independent", "exact", "block_64", "block_128", "sinkhorn_0.5", "exact_prefetch"}
+    assert set(result["training"]) == set(cfg.train_couplings)
+    for r in result["training"].values():
+        assert len(r["runs"]) == len(cfg.seeds) and r["npe"]["mean"] >= 0 and r["w2_100"]["n"] == len(cfg.seeds)
+    assert result["default"] == couplings.choose_default(result)
+
+
+def _tradeoff(ratio: dict, quality: dict) -> dict:
+    """A made-up result for choose_default: step ratios and (W2 at 100 steps, NPE) means with sd 0.01."""
+    training = {
+        k: {"w2_100": {"mean": w2, "sd": 0.01}, "npe": {"mean": npe, "sd": 0.01}} for k, (w2, npe) in quality.items()
+    }
+    return {"step_time": {"ratio_to_independent": ratio}, "training": training}
+
+
+def test_choose_default_takes_the_cheapest_coupling_that_keeps_exact_quality():
+    ratio = {"independent": 1.0, "exact": 6.0, "block_64": 1.2, "block_128": 1.5}
+    quality = {"independent": (0.5, 1.0), "exact": (0.4, 0.1), "block_64": (0.405, 0.105), "block_128": (0.4, 0.1)}
+    assert couplings.choose_default(_tradeoff(ratio, quality))["coupling"] == "block_64"
+    # blocks of 64 lose quality beyond one sd: the next cheapest that keeps it
+    quality["block_64"] = (0.45, 0.105)
+    assert couplings.choose_default(_tradeoff(ratio, quality))["coupling"] == "block_128"
+    # nothing within 2x of the independent step: exact OT stays
+    ratio.update(block_128=2.5)
+    chosen = couplings.choose_default(_tradeoff(ratio, quality))
+    assert chosen["coupling"] == "exact" and "no cheaper coupling" in chosen["reason"]
+
+
+def test_stored_couplings_default_is_what_the_rule_gives_from_its_numbers():
+    result = harness.load(RESULTS / "couplings.json")
+    assert result["meta"]["benchmark"] == "couplings" and result["meta"]["mode"] == "full"
+    cfg = couplings.Config.from_dict(result["config"])
+    assert {**harness.config_dict(cfg), **couplings.DESCRIPTION} == result["config"]
+    assert result["default"] == couplings.choose_default(result)
+    for name, r in result["training"].items():  # the summaries are those of the stored runs
+        assert r["npe"] == harness.mean_sd([run["npe"] for run in r["runs"]]), name
+        assert r["w2_100"] == harness.mean_sd([run["w2"]["100"] for run in r["runs"]]), name
+
+
 # ------------------------------------------------------------------------------------------------ harness
 def test_mean_sd_is_the_sample_mean_and_the_n_minus_1_deviation():
     d = harness.mean_sd([1, 2, 3, 4])
@@ -203,7 +272,7 @@ def test_save_fills_the_wall_time_and_load_checks_the_metadata(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ stored results
-@pytest.mark.parametrize("name", ["compare_2d", "sampling", "marginal"])
+@pytest.mark.parametrize("name", ["compare_2d", "sampling", "marginal", "couplings"])
 def test_stored_results_share_the_metadata_format(name):
     result = harness.load(RESULTS / f"{name}.json")
     assert result["meta"]["benchmark"] == name and result["meta"]["mode"] == "full"
@@ -235,13 +304,22 @@ def test_stored_results_describe_minibatch_ot_as_the_code_does():
     assert "ot.emd" in described and "fallback" in described
     import fmlib
 
-    assert "ot.emd" in fmlib.minibatch_ot.__doc__ and "fallback" in fmlib.minibatch_ot.__doc__
+    # minibatch_ot pairs by ot_assignment, which solves batches above 256 rows (the benchmark's 512) with POT's
+    # network simplex, SciPy taking over only when the simplex does not return a proven optimal permutation
+    assert "ot_assignment" in fmlib.minibatch_ot.__doc__ and result["config"]["batch_size"] > 256
+    doc = " ".join(fmlib.ot_assignment.__doc__.split())
+    assert "up to 256 rows" in doc and "larger ones by POT's network simplex (``ot.emd``)" in doc
+    assert "SciPy taking over" in doc
 
 
-@pytest.mark.parametrize("name", list(figures.COMPARE_2D))
-def test_figures_follow_the_book_style(name):
+FIGURES = [("compare_2d", name, fn) for name, fn in figures.COMPARE_2D.items()]
+FIGURES += [("couplings", name, fn) for name, fn in figures.COUPLINGS.items()]
+
+
+@pytest.mark.parametrize(("benchmark", "name", "draw"), FIGURES, ids=[f"{b}-{n}" for b, n, _ in FIGURES])
+def test_figures_follow_the_book_style(benchmark, name, draw):
     figures.use_style()
-    fig = figures.COMPARE_2D[name](harness.load(RESULTS / "compare_2d.json"))
+    fig = draw(harness.load(RESULTS / f"{benchmark}.json"))
     try:
         assert fig.get_figwidth() <= MAX_FIGURE_WIDTH + 1e-9
         columns = {round(ax.get_position().x0, 3) for ax in fig.axes if ax.get_visible()}
