@@ -46,9 +46,9 @@ help:
 	@echo "make book      build the HTML book into _build/html, executing every chapter (npm optional)"
 	@echo "make test      pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
 	@echo "make lint      ruff on fmlib/, tests/, benchmarks/ and tools/, mypy on fmlib/"
-	@echo "make bench     the benchmarks the book's results page reads, in sequence: compare_2d (fmlib beside torchcfm"
-	@echo "               and flow_matching, 15-35 min) and couplings (what a minibatch OT coupling costs, 10-25 min):"
-	@echo "               25-60 min in all on 2 cores"
+	@echo "make bench     the benchmarks the book reads, in sequence: compare_2d (fmlib beside torchcfm and"
+	@echo "               flow_matching, 15-35 min), couplings (what a minibatch OT coupling costs, 10-25 min),"
+	@echo "               training_recipes (schedules, EMA, time sampling, 1.5 h): 2-2.5 hours on 2 shared cores"
 	@echo "make gpu-test  on a CUDA machine: a CUDA smoke check, then every chapter with nbval, timed"
 	@echo "               (PYTHON_ENV=system PYTHON=python3: use that Python and its own CUDA torch, no venv)"
 	@echo "make clean     remove _build/"
@@ -74,11 +74,15 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
 	$(BIN)/python -c "import torch, torchcfm, flow_matching; v = torch.__version__.split('+')[0]; assert '$(TORCH_SPEC)'.endswith(v), v"
 	touch $(BENCH_STAMP)
 
-# The benchmarks behind book/benchmarks.ipynb, one after the other (each writes benchmarks/results/NAME.json); on the
-# project's 2 cores: compare_2d 15-35 min, couplings 10-25 min (23 beside other jobs), 25-60 min in all.
-BENCHMARKS := compare_2d couplings
+# The benchmarks behind book/benchmarks.ipynb (and chapters 9 and 10), one after the other, each writing
+# benchmarks/results/NAME.json. Times of the stored runs on the project's 2 shared cores: compare_2d 15-35 min,
+# couplings 23 min, training_recipes 93 min (its stored result: the recipes and tasks of RECIPES_ARGS), about
+# 2-2.5 hours in all.
+RECIPES_ARGS := --tasks moons s_curve --recipes constant_3e-3 default constant cosine ema default_logit_normal
 bench: $(BENCH_STAMP)
-	set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py; done
+	$(BIN)/python benchmarks/compare_2d.py
+	$(BIN)/python benchmarks/couplings.py
+	$(BIN)/python benchmarks/training_recipes.py $(RECIPES_ARGS)
 
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules

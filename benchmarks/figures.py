@@ -270,3 +270,81 @@ def coupling_training(result: dict) -> Figure:
 
 COUPLINGS = {"cost": coupling_cost, "training": coupling_training}
 """The figures of benchmarks/couplings.py, by name."""
+
+
+# ------------------------------------------------------------------------------------------------ training recipes
+_RECIPE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _recipe_styles(result: dict) -> dict[str, tuple[str, str, str]]:
+    """recipe -> (label, colour, marker), in the order of the configuration."""
+    labels = result["config"].get("recipe_labels", {})
+    return {
+        r: (labels.get(r, r), plt.cm.tab10(i % 10), _RECIPE_MARKERS[i % len(_RECIPE_MARKERS)])
+        for i, r in enumerate(result["config"]["recipes"])
+    }
+
+
+def recipe_quality(result: dict) -> Figure:
+    """W2 / floor after training (100 Euler steps), mean ± sd over seeds: one panel per data set, one row per
+    recipe, the floor (1) and the 1.5 target as vertical lines."""
+    s, styles = result["summary"], _recipe_styles(result)
+    tasks = list(s)
+    recipes = [r for r in styles if any(r in s[t] for t in tasks)]
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(MAX_FIGURE_WIDTH, 0.42 * len(recipes) + 1.7), sharey=True, squeeze=False
+    )
+    y = np.arange(len(recipes))[::-1]
+    for ax, t in zip(axes[0], tasks):
+        hi = 1.6
+        for yi, r in zip(y, recipes):
+            if r not in s[t]:
+                continue
+            _, colour, marker = styles[r]
+            d = s[t][r]["w2_over_floor"]
+            ax.errorbar(d["mean"], yi, xerr=d["sd"], color=colour, marker=marker, ms=7, capsize=3, ls="none")
+            hi = max(hi, d["mean"] + d["sd"])
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.axvline(1.5, color="k", lw=0.8, ls="--")
+        ax.set_xlim(0, hi * 1.08)
+        ax.set_title(TASK_LABELS.get(f"gauss_to_{t}", t))
+        ax.set_xlabel("W2 / floor (1: floor, dashed: 1.5)")
+    axes[0, 0].set_yticks(y, [styles[r][0] for r in recipes])
+    axes[0, 0].set_ylim(-0.6, len(recipes) - 0.4)
+    cfg = result["config"]
+    fig.suptitle(
+        f"After {cfg['steps']:,} steps at batch {cfg['batch_size']}, {len(cfg['seeds'])} seeds, "
+        f"{cfg['euler_steps']} Euler steps"
+    )
+    return fig
+
+
+def recipe_curves(result: dict) -> Figure:
+    """W2 / floor during training (mean over seeds; EMA weights where EMA is on), one panel per data set, one
+    colour and marker per recipe, legend below the panels."""
+    s, styles = result["summary"], _recipe_styles(result)
+    tasks = list(s)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(MAX_FIGURE_WIDTH, 3.6), squeeze=False, sharey=True)
+    shown = {}
+    top = 1.15 * max(max(d["curve_w2_over_floor_mean"]) for t in tasks for d in s[t].values())
+    ticks = [v for v in (1, 1.5, 2, 3, 5, 10, 20, 50) if v <= top]
+    for ax, t in zip(axes[0], tasks):
+        for r, (label, colour, marker) in styles.items():
+            if r not in s[t]:
+                continue
+            d = s[t][r]
+            ax.plot(d["curve_steps"], d["curve_w2_over_floor_mean"], color=colour, marker=marker, ms=5, lw=1.2)
+            shown[r] = Line2D([], [], color=colour, marker=marker, ms=6, lw=1.2, label=label)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.axhline(1.5, color="k", lw=0.8, ls="--")
+        ax.set(yscale="log", xlabel="training step", title=TASK_LABELS.get(f"gauss_to_{t}", t))
+        ax.set_ylim(0.8, top)
+        ax.set_yticks(ticks, [f"{v:g}" for v in ticks])
+        ax.minorticks_off()
+    axes[0, 0].set_ylabel("W2 / floor, mean over seeds")
+    fig.legend(handles=list(shown.values()), loc="outside lower center", ncol=2, frameon=False)
+    return fig
+
+
+TRAINING_RECIPES = {"quality": recipe_quality, "curves": recipe_curves}
+"""The figures of benchmarks/training_recipes.py, by name."""

@@ -13,29 +13,33 @@ Step-time cost: each option is switched on alone on top of constant-rate Adam (a
 measured too), the variants run in interleaved blocks of steps (order rotated every block) on the same model
 and batches, and the median block time per step is compared with the baseline's.
 
-Usage:
+The result has the common ``meta`` and ``config`` entries of :mod:`benchmarks.harness` (the configuration is
+:class:`Config`, with the recipes' keyword arguments and labels stored beside it); a result merged from partial runs
+(``--merge``) lists their command lines in ``merged_from``.
+
+Usage (from the repository root):
     python benchmarks/training_recipes.py               # full: 5 seeds x 3 tasks x recipes (~25 min on 1 core)
     python benchmarks/training_recipes.py --smoke --out /tmp/recipes_smoke.json   # < 60 s
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
+import dataclasses
 import json
-import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import fmlib
+if __package__ in (None, ""):  # run as `python benchmarks/training_recipes.py`: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+import fmlib  # noqa: E402
+from benchmarks import harness  # noqa: E402
 
 # task -> (fmlib.DATASETS name, task index in compare_2d.py's TASKS: its generator seeds)
 TASKS = {"moons": ("moons", 1), "s_curve": ("s_curve", 2), "8gaussians": ("8gaussians", 0)}
@@ -66,76 +70,90 @@ OPTIONS = {
     "default": dict(),
 }
 
-FULL = dict(
-    seeds=[0, 1, 2, 3, 4],
-    tasks=list(TASKS),
-    recipes=["constant_3e-3", "default"],
-    steps=1500,
-    batch_size=512,
-    hidden=64,
-    depth=3,
-    n_train=20_000,
-    n_eval=1000,
-    euler_steps=100,
-    eval_every=250,
-    timing_blocks=12,
-    timing_block_steps=50,
-)
-SMOKE = dict(
-    FULL,
-    seeds=[0],
-    tasks=["moons"],
-    steps=60,
-    n_train=2000,
-    n_eval=200,
-    eval_every=30,
-    timing_blocks=2,
-    timing_block_steps=10,
-)
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run depends on (the defaults are the full benchmark)."""
+
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    tasks: tuple[str, ...] = tuple(TASKS)
+    recipes: tuple[str, ...] = ("constant_3e-3", "default")
+    steps: int = 1500
+    batch_size: int = 512
+    hidden: int = 64
+    depth: int = 3
+    n_train: int = 20_000
+    n_eval: int = 1000
+    euler_steps: int = 100
+    eval_every: int = 250
+    timing_blocks: int = 12
+    timing_block_steps: int = 50
+
+    @classmethod
+    def smoke(cls) -> Config:
+        """A tiny run of every code path (well under a minute)."""
+        return cls(
+            seeds=(0,),
+            tasks=("moons",),
+            steps=60,
+            n_train=2000,
+            n_eval=200,
+            eval_every=30,
+            timing_blocks=2,
+            timing_block_steps=10,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """The Config stored in a result's ``config`` (its descriptive entries are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
-def mean_sd(values) -> dict:
-    values = [float(v) for v in values]
+def description(cfg: Config) -> dict:
+    """What the result's ``config`` stores beside the Config: the recipes' and timing options' arguments."""
     return {
-        "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
+        "recipes_kwargs": {k: {a: str(b) for a, b in RECIPES[k].items()} for k in cfg.recipes},
+        "recipe_labels": {k: RECIPE_LABELS[k] for k in cfg.recipes},
+        "timing_options": {k: {a: str(b) for a, b in v.items()} for k, v in OPTIONS.items()},
+        "w2": "fmlib.wasserstein2 (exact) between n_eval points generated with euler_steps Euler steps and "
+        "n_eval held-out points; floor: the same between two independent held-out draws",
     }
 
 
-def task_data(task: str, seed: int, cfg: dict) -> dict:
+def task_data(task: str, seed: int, cfg: Config) -> dict:
     name, index = TASKS[task]
     gen = torch.Generator().manual_seed(1000 * seed + index)
-    pool = fmlib.sample_data(name, cfg["n_train"], generator=gen)
-    x1_eval = fmlib.sample_data(name, cfg["n_eval"], generator=gen)
-    x1_eval2 = fmlib.sample_data(name, cfg["n_eval"], generator=gen)
-    x0_eval = torch.randn(cfg["n_eval"], 2, generator=gen)
+    pool = fmlib.sample_data(name, cfg.n_train, generator=gen)
+    x1_eval = fmlib.sample_data(name, cfg.n_eval, generator=gen)
+    x1_eval2 = fmlib.sample_data(name, cfg.n_eval, generator=gen)
+    x0_eval = torch.randn(cfg.n_eval, 2, generator=gen)
     return dict(gen=gen, pool=pool, x1_eval=x1_eval, x0_eval=x0_eval, floor=fmlib.wasserstein2(x1_eval, x1_eval2))
 
 
-def run(task: str, seed: int, recipe: str, cfg: dict) -> dict:
+def run(task: str, seed: int, recipe: str, cfg: Config) -> dict:
     d = task_data(task, seed, cfg)
     torch.manual_seed(seed)
-    model = fmlib.MLP(2, hidden=cfg["hidden"], depth=cfg["depth"])
+    model = fmlib.MLP(2, hidden=cfg.hidden, depth=cfg.depth)
 
     def w2_now(step, m):
         with torch.no_grad():
-            return fmlib.wasserstein2(fmlib.integrate(m, d["x0_eval"], steps=cfg["euler_steps"]), d["x1_eval"])
+            return fmlib.wasserstein2(fmlib.integrate(m, d["x0_eval"], steps=cfg.euler_steps), d["x1_eval"])
 
     rec = fmlib.train(
         model,
         fmlib.LinearPath(0.0),
         d["pool"],
-        cfg["steps"],
-        batch_size=cfg["batch_size"],
+        cfg.steps,
+        batch_size=cfg.batch_size,
         generator=d["gen"],
         progress=False,
-        eval_every=cfg["eval_every"],
+        eval_every=cfg.eval_every,
         callback=w2_now,
         **RECIPES[recipe],
     )
     # the returned model (averaged weights when EMA is on), sampled directly
-    w2 = w2_now(cfg["steps"], model)
+    w2 = w2_now(cfg.steps, model)
     return {
         "task": task,
         "seed": seed,
@@ -150,24 +168,24 @@ def run(task: str, seed: int, recipe: str, cfg: dict) -> dict:
     }
 
 
-def step_times(cfg: dict) -> dict:
+def step_times(cfg: Config) -> dict:
     """Median ms per step of each option, interleaved blocks on the moons, seed 0."""
     d = task_data("moons", 0, cfg)
     torch.manual_seed(0)
-    init = copy.deepcopy(fmlib.MLP(2, hidden=cfg["hidden"], depth=cfg["depth"]).state_dict())
-    path, n = fmlib.LinearPath(0.0), cfg["timing_block_steps"]
+    init = copy.deepcopy(fmlib.MLP(2, hidden=cfg.hidden, depth=cfg.depth).state_dict())
+    path, n = fmlib.LinearPath(0.0), cfg.timing_block_steps
     per_block = {o: [] for o in OPTIONS}
     order = list(OPTIONS)
-    for block in range(cfg["timing_blocks"] + 1):  # block 0 is a warm-up
+    for block in range(cfg.timing_blocks + 1):  # block 0 is a warm-up
         for o in order:
-            model = fmlib.MLP(2, hidden=cfg["hidden"], depth=cfg["depth"])
+            model = fmlib.MLP(2, hidden=cfg.hidden, depth=cfg.depth)
             model.load_state_dict(init)
             rec = fmlib.train(
                 model,
                 path,
                 d["pool"],
                 n,
-                batch_size=cfg["batch_size"],
+                batch_size=cfg.batch_size,
                 generator=torch.Generator().manual_seed(block),
                 progress=False,
                 **{"lr": 3e-3, **OPTIONS[o]},
@@ -180,13 +198,13 @@ def step_times(cfg: dict) -> dict:
         o: {
             "ms_per_step_median": statistics.median(v),
             "relative_to_baseline": statistics.median(v) / base,
-            "paired_ratio": mean_sd([a / b for a, b in zip(v, per_block["baseline"])]),
+            "paired_ratio": harness.mean_sd([a / b for a, b in zip(v, per_block["baseline"])]),
         }
         for o, v in per_block.items()
     }
 
 
-def component_times(cfg: dict, repeats: int = 7, calls: int = 200) -> dict:
+def component_times(cfg: Config, repeats: int = 7, calls: int = 200) -> dict:
     """Seconds per call of one baseline training step and of what each option adds to it, in isolation.
 
     Each figure is the minimum over ``repeats`` rounds of ``calls`` calls (the minimum is the least disturbed by
@@ -194,10 +212,10 @@ def component_times(cfg: dict, repeats: int = 7, calls: int = 200) -> dict:
     """
     d = task_data("moons", 0, cfg)
     torch.manual_seed(0)
-    model = fmlib.MLP(2, hidden=cfg["hidden"], depth=cfg["depth"])
+    model = fmlib.MLP(2, hidden=cfg.hidden, depth=cfg.depth)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=3e-3)
-    path, b, gen = fmlib.LinearPath(0.0), cfg["batch_size"], torch.Generator().manual_seed(0)
+    path, b, gen = fmlib.LinearPath(0.0), cfg.batch_size, torch.Generator().manual_seed(0)
     ema = fmlib.EMA(model, 0.999)
     sched = fmlib.lr_schedule(torch.optim.Adam(fmlib.MLP(2, hidden=8, depth=1).parameters(), lr=1.0), 10**9)
     sched.optimizer.step()  # (the scheduler expects an optimiser step before its own)
@@ -257,36 +275,18 @@ def summarize(runs: list[dict]) -> dict:
             curves = list(zip(*[r["curve_w2_over_floor"] for r in rs]))
             out[task][recipe] = {
                 "seeds": [r["seed"] for r in rs],
-                "w2_over_floor": mean_sd([r["w2_over_floor"] for r in rs]),
-                "floor_w2": mean_sd([r["floor_w2"] for r in rs]),
+                "w2_over_floor": harness.mean_sd([r["w2_over_floor"] for r in rs]),
+                "floor_w2": harness.mean_sd([r["floor_w2"] for r in rs]),
                 "curve_steps": rs[0]["curve_steps"],
                 "curve_w2_over_floor_mean": [statistics.fmean(c) for c in curves],
                 "curve_w2_over_floor_sd": [statistics.stdev(c) if len(c) > 1 else 0.0 for c in curves],
-                "train_seconds": mean_sd([r["train_seconds"] for r in rs]),
+                "train_seconds": harness.mean_sd([r["train_seconds"] for r in rs]),
             }
     return out
 
 
-def write_json(path: Path, obj) -> None:
-    """JSON with one level of indentation per dict, lists of numbers on one line."""
-
-    def fmt(x, depth):
-        pad, inner = " " * depth, " " * (depth + 1)
-        if isinstance(x, dict) and x:
-            items = [f"{inner}{json.dumps(k)}: {fmt(v, depth + 1)}" for k, v in x.items()]
-            return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-        if isinstance(x, list) and x and any(isinstance(e, dict) for e in x):
-            return "[\n" + ",\n".join(inner + fmt(e, depth + 1) for e in x) + "\n" + pad + "]"
-        return json.dumps(x, separators=(",", ":") if isinstance(x, list) else None)
-
-    path.write_text(fmt(obj, 0) + "\n")
-
-
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a tiny run of every code path")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=None, help="default benchmarks/results/training_recipes[_smoke].json")
+def main(argv: list[str] | None = None) -> dict:
+    parser = harness.parser(__doc__, default_out="training_recipes.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
     parser.add_argument("--recipes", nargs="+", default=None)
@@ -294,34 +294,27 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None, help="period of the W2 curve (steps)")
     parser.add_argument("--timing-only", action="store_true", help="only the step-time measurements")
     parser.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")
-    parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="merge result files into --out")
     args = parser.parse_args(argv)
+    if args.smoke and args.out == parser.get_default("out"):
+        args.out = str(harness.RESULTS / "training_recipes_smoke.json")  # a smoke run never overwrites the results
     if args.merge:
-        return merge([Path(f) for f in args.merge], Path(args.out) if args.out else RESULTS / "training_recipes.json")
-    cfg = dict(SMOKE if args.smoke else FULL)
+        return merge([Path(f) for f in args.merge], Path(args.out))
+    cfg = Config.smoke() if args.smoke else Config()
     if args.extra:
         for name, kw in json.loads(args.extra).items():
             if isinstance(kw.get("time_sampler"), list):  # ["logit_normal", loc, scale]
                 kw["time_sampler"] = fmlib.logit_normal(*kw["time_sampler"][1:])
             RECIPES[name], RECIPE_LABELS[name] = kw, name
-    if args.eval_every:
-        cfg["eval_every"] = args.eval_every
-    for key in ("seeds", "tasks", "recipes"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    torch.set_num_threads(args.threads)
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    out = (
-        Path(args.out)
-        if args.out
-        else RESULTS / ("training_recipes_smoke.json" if args.smoke else "training_recipes.json")
-    )
-    begin = time.perf_counter()
+    overrides = {"seeds": args.seeds, "tasks": args.tasks, "recipes": args.recipes, "eval_every": args.eval_every}
+    cfg = dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v})
+    log = harness.logger(args.quiet)
+    result = harness.new_result("training_recipes", cfg, args, argv=argv)
+    result["config"].update(description(cfg))
     runs = []
-    for seed in [] if args.timing_only else cfg["seeds"]:
-        for task in cfg["tasks"]:
-            for recipe in cfg["recipes"]:
+    for seed in [] if args.timing_only else cfg.seeds:
+        for task in cfg.tasks:
+            for recipe in cfg.recipes:
                 r = run(task, seed, recipe, cfg)
                 runs.append(r)
                 log(
@@ -335,63 +328,37 @@ def main(argv=None) -> dict:
             log(f"step time {o:14s} {v['ms_per_step_median']:.2f} ms  x{v['relative_to_baseline']:.3f}")
         for o, v in components["overhead_fraction"].items():
             log(f"overhead {o:14s} {100 * v:.2f}% of a step ({components['ms_per_call']['step']:.2f} ms)")
-    result = {
-        "meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "fmlib": fmlib.__version__,
-            "torch_threads": args.threads,
-            "mode": "smoke" if args.smoke else "full",
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        },
-        "config": {
-            **cfg,
-            "recipes_kwargs": {k: {a: str(b) for a, b in RECIPES[k].items()} for k in cfg["recipes"]},
-            "recipe_labels": {k: RECIPE_LABELS[k] for k in cfg["recipes"]},
-            "timing_options": {k: {a: str(b) for a, b in v.items()} for k, v in OPTIONS.items()},
-            "w2": "fmlib.wasserstein2 (exact) between n_eval points generated with euler_steps Euler steps and "
-            "n_eval held-out points; floor: the same between two independent held-out draws",
-        },
-        "runs": runs,
-        "summary": summarize(runs),
-        "step_time": timing,
-        "step_time_components": components,
-    }
-    result["meta"]["wall_seconds"] = time.perf_counter() - begin
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, result)
+    result.update(runs=runs, summary=summarize(runs), step_time=timing, step_time_components=components)
+    out = harness.save(result, args.out)
     log(f"wrote {out} ({result['meta']['wall_seconds']:.0f} s)")
     for task, d in result["summary"].items():
         for recipe, s in d.items():
-            w = s["w2_over_floor"]
-            log(f"  {task:10s} {recipe:30s} W2/floor {w['mean']:.3f} ± {w['sd']:.3f}")
+            log(f"  {task:10s} {recipe:30s} W2/floor {harness.format_mean_sd(s['w2_over_floor'])}")
     return result
 
 
 def merge(files: list[Path], out: Path) -> dict:
-    """One result from several partial runs (e.g. tasks run in parallel processes): runs concatenated."""
-    parts = [json.loads(f.read_text()) for f in files]
+    """One result from several partial runs (e.g. tasks run in parallel processes): runs concatenated; the meta of
+    the first part, with the wall time summed over the parts and their command lines in ``merged_from``."""
+    parts = [harness.load(f) for f in files]
     runs = [r for p in parts for r in p["runs"]]
-    cfg = dict(parts[0]["config"])
-    cfg["seeds"] = sorted({r["seed"] for r in runs})
-    cfg["tasks"] = list(dict.fromkeys(r["task"] for r in runs))
-    cfg["recipes"] = list(dict.fromkeys(r["recipe"] for r in runs))
-    cfg["recipes_kwargs"] = {k: {a: str(b) for a, b in RECIPES[k].items()} for k in cfg["recipes"]}
-    cfg["recipe_labels"] = {k: RECIPE_LABELS[k] for k in cfg["recipes"]}
+    cfg = Config.from_dict(parts[0]["config"])
+    cfg = dataclasses.replace(
+        cfg,
+        seeds=tuple(sorted({r["seed"] for r in runs})),
+        tasks=tuple(dict.fromkeys(r["task"] for r in runs)),
+        recipes=tuple(dict.fromkeys(r["recipe"] for r in runs)),
+    )
     result = {
-        "meta": {
-            **parts[0]["meta"],
-            "merged_from": [p["meta"]["command"] for p in parts],
-            "wall_seconds": sum(p["meta"]["wall_seconds"] for p in parts),
-        },
-        "config": cfg,
+        "meta": {**parts[0]["meta"], "wall_seconds": sum(p["meta"]["wall_seconds"] for p in parts)},
+        "config": {**harness.config_dict(cfg), **description(cfg)},
+        "merged_from": [p["meta"]["command"] for p in parts],
         "runs": runs,
         "summary": summarize(runs),
         "step_time": next((p["step_time"] for p in parts if p.get("step_time")), None),
         "step_time_components": next((p["step_time_components"] for p in parts if p.get("step_time_components")), None),
     }
-    write_json(out, result)
+    harness.save(result, out)
     return result
 
 

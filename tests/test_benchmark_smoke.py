@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks import compare_2d, couplings, figures, harness, sampling  # noqa: E402
+from benchmarks import compare_2d, couplings, figures, harness, sampling, training_recipes  # noqa: E402
 from fmlib.plotting import MAX_FIGURE_WIDTH  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -222,6 +222,33 @@ def test_stored_couplings_default_is_what_the_rule_gives_from_its_numbers():
         assert r["w2_100"] == harness.mean_sd([run["w2"]["100"] for run in r["runs"]]), name
 
 
+# ------------------------------------------------------------------------------------------------ training recipes
+def test_training_recipes_smoke_writes_the_common_format_and_every_part(tmp_path):
+    result, cfg = run_smoke("training_recipes", tmp_path / "recipes.json"), training_recipes.Config.smoke()
+    assert result["meta"]["benchmark"] == "training_recipes" and result["meta"]["mode"] == "smoke"
+    assert training_recipes.Config.from_dict(result["config"]) == cfg
+    bad = [(where, v) for where, v in _numbers(result) if not math.isfinite(v)]
+    assert not bad, bad[:10]
+    runs = result["runs"]
+    assert len(runs) == len(cfg.seeds) * len(cfg.tasks) * len(cfg.recipes)
+    for r in runs:  # the score is W2 over the floor of the same held-out draws
+        assert r["w2_over_floor"] == pytest.approx(r["w2"] / r["floor_w2"], rel=1e-12) and r["floor_w2"] > 0
+        assert len(r["curve_steps"]) == len(r["curve_w2_over_floor"]) > 0
+    assert result["summary"] == training_recipes.summarize(runs)
+    assert set(result["step_time"]) == set(training_recipes.OPTIONS)
+    assert result["step_time"]["baseline"]["relative_to_baseline"] == 1.0
+    over = result["step_time_components"]["overhead_fraction"]
+    assert set(over) == {"ema", "cosine", "clip", "logit_normal"} and min(over.values()) >= 0
+
+
+def test_stored_training_recipes_summary_is_what_the_code_computes_from_its_runs():
+    result = harness.load(RESULTS / "training_recipes.json")
+    assert result["summary"] == training_recipes.summarize(result["runs"])
+    cfg = training_recipes.Config.from_dict(result["config"])
+    assert {r["seed"] for r in result["runs"]} == set(cfg.seeds)
+    assert list(dict.fromkeys(r["recipe"] for r in result["runs"])) == list(cfg.recipes)
+
+
 # ------------------------------------------------------------------------------------------------ harness
 def test_mean_sd_is_the_sample_mean_and_the_n_minus_1_deviation():
     d = harness.mean_sd([1, 2, 3, 4])
@@ -272,7 +299,7 @@ def test_save_fills_the_wall_time_and_load_checks_the_metadata(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ stored results
-@pytest.mark.parametrize("name", ["compare_2d", "sampling", "marginal", "couplings"])
+@pytest.mark.parametrize("name", ["compare_2d", "sampling", "marginal", "couplings", "training_recipes"])
 def test_stored_results_share_the_metadata_format(name):
     result = harness.load(RESULTS / f"{name}.json")
     assert result["meta"]["benchmark"] == name and result["meta"]["mode"] == "full"
@@ -314,6 +341,7 @@ def test_stored_results_describe_minibatch_ot_as_the_code_does():
 
 FIGURES = [("compare_2d", name, fn) for name, fn in figures.COMPARE_2D.items()]
 FIGURES += [("couplings", name, fn) for name, fn in figures.COUPLINGS.items()]
+FIGURES += [("training_recipes", name, fn) for name, fn in figures.TRAINING_RECIPES.items()]
 
 
 @pytest.mark.parametrize(("benchmark", "name", "draw"), FIGURES, ids=[f"{b}-{n}" for b, n, _ in FIGURES])
