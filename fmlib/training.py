@@ -326,7 +326,7 @@ def train(
         weights: optional per-row loss weights of ``data``, shape (N,), finite and >= 0; the loss of a step is
             ``mean_b w_b |v - u|^2`` over the drawn rows.
         clip_grad_norm: clip the gradient's global 2-norm to this value before each step (None: off).
-        eval_data: optional held-out data (M, *D): the CFM loss on it is logged every ``eval_every`` steps.
+        eval_data: optional held-out data, shape ``(M, *D)``: the CFM loss on it is logged every ``eval_every`` steps.
         eval_every: evaluation period in steps (default steps // 10); the last step is always evaluated.
         callback: optional ``callback(step, model)`` called at the same steps (the model in eval mode,
             carrying the averaged weights when EMA is on); its return values are logged.
