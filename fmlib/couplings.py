@@ -358,4 +358,4 @@ def reflow_pairs(
         raise ValueError(
             f"reflow_pairs: the flow of v from x0 left the finite numbers (NaN or inf) with {steps} {method} steps"
         )
-    return x0, x1_hat.detach()
+    return x0.detach(), x1_hat.detach()

@@ -20,6 +20,13 @@ from torch import nn
 __all__ = ["EMA"]
 
 
+def _check_decay(decay: object) -> None:
+    if isinstance(decay, bool) or not isinstance(decay, Real):
+        raise TypeError(f"decay must be a float in [0, 1); got {type(decay).__name__}")
+    if not math.isfinite(float(decay)) or not 0.0 <= float(decay) < 1.0:
+        raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")
+
+
 class EMA:
     """Keep ``theta_ema <- d_n theta_ema + (1 - d_n) theta`` after every optimiser step.
 
@@ -65,17 +72,14 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        if isinstance(decay, bool) or not isinstance(decay, Real):
-            raise TypeError(f"decay must be a float in [0, 1); got {type(decay).__name__}")
-        if not math.isfinite(float(decay)):
-            raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")
-        if not 0.0 <= float(decay) < 1.0:
-            raise ValueError(f"decay must be a float in [0, 1); got {decay!r}")
+        _check_decay(decay)
         self.model = model
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0
         self._params = list(model.parameters())
+        if not self._params:
+            raise ValueError(f"model must have parameters to average; {type(model).__name__} has none")
         self.shadow = [p.detach().to(torch.promote_types(p.dtype, torch.float32)).clone() for p in self._params]
 
     def current_decay(self) -> float:
@@ -132,6 +136,10 @@ class EMA:
         Raises:
             ValueError: if the averages do not match the tracked model's parameter shapes.
         """
+        missing = {"shadow", "decay", "warmup", "num_updates"} - set(state)
+        if missing:
+            raise ValueError(f"state is missing {sorted(missing)}; pass what EMA.state_dict() returned")
+        _check_decay(state["decay"])
         shadow = state["shadow"]
         if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
             raise ValueError("state must hold one average per parameter of the tracked model, of the same shapes")

@@ -24,6 +24,10 @@ VelocityField = Callable[[Tensor, Tensor], Tensor]
 
 def _trace_of_jacobian(out: Tensor, y: Tensor, create_graph: bool) -> Tensor:
     """sum_i d out_i / d y_i per sample, by one autograd pass per feature; shape (B,)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "divergence needs autograd, which torch.inference_mode() switches off; call it outside inference_mode"
+        )
     if not out.requires_grad:  # the field does not depend on y (e.g. a constant): zero divergence
         return torch.zeros(y.shape[0], dtype=compute_dtype(y), device=y.device)
     flat = out.flatten(1)

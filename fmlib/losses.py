@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import as_time, check_batch, check_same_shape, check_velocity_output
+from ._checks import as_time, check_batch, check_finite, check_same_shape, check_velocity_output
 from .paths import PREDICTIONS, AffinePath, ProbPath
 
 __all__ = ["cfm_loss", "logit_normal", "sample_times", "TimeSampler"]
@@ -63,7 +63,10 @@ class logit_normal:  # noqa: N801 (a sampler factory, used like a function: fmli
 
     def __call__(self, n: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> Tensor:
         z = torch.randn(n, generator=generator, dtype=dtype, device=device)
-        return torch.sigmoid(self.loc + self.scale * z)
+        # sigmoid saturates to exactly 0 or 1 in float32 for |loc + scale z| > 17; keep t in the open interval
+        tiny = torch.finfo(dtype).tiny
+        below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype)).item()
+        return torch.sigmoid(self.loc + self.scale * z).clamp(tiny, below_one)
 
     def __repr__(self) -> str:
         return f"logit_normal(loc={self.loc:g}, scale={self.scale:g})"
@@ -220,6 +223,7 @@ def cfm_loss(
         2.0
     """
     check_batch(x1, "x1")
+    check_finite(x1, "x1")
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {PREDICTIONS}; got {prediction!r}")
     if prediction != "velocity" and not isinstance(path, AffinePath):
@@ -230,6 +234,7 @@ def cfm_loss(
     else:
         check_batch(x0, "x0")
         check_same_shape(x0, x1, "x0", "x1")
+        check_finite(x0, "x0")
     if cond is not None:
         if not isinstance(cond, Tensor):
             raise TypeError(
@@ -255,8 +260,13 @@ def cfm_loss(
                     "given, so that they follow their rows; it returned a pair (x0, x1) "
                     "(use fmlib.ot_assignment rather than fmlib.minibatch_ot)"
                 )
+            shape = tuple(x1.shape)
             x0, x1 = paired
-            check_same_shape(x0, x1, "coupling's x0", "coupling's x1")
+            if tuple(x0.shape) != shape or tuple(x1.shape) != shape:
+                raise ValueError(
+                    f"coupling must return (x0, x1) of the batch's shape {shape}, re-paired, not fewer rows; "
+                    f"got {tuple(x0.shape)} and {tuple(x1.shape)}"
+                )
         else:
             raise TypeError(
                 f"coupling must return an int64 index tensor of shape ({batch},); got {type(paired).__name__}"

@@ -646,6 +646,7 @@ class AffinePath(ProbPath):
             )
 
     def _finish(self, out: Tensor, x: Tensor, t: Tensor, method: str) -> Tensor:
+        out = out.to(x.dtype)  # checked after the cast: float16 overflows where float32 does not
         if not bool(torch.isfinite(out).all()):
             raise ValueError(
                 f"{self!r}.{method} overflowed (NaN or inf) for t in [{float(t.min()):g}, {float(t.max()):g}]: "
@@ -793,8 +794,12 @@ def change_scheduler(
         xc = x.to(r.dtype)
         kk = unsqueeze_like(k, x)
         inner = check_velocity_output(v((xc / kk).to(x.dtype), t_r), x, "v(x, t)").to(r.dtype)
-        out = unsqueeze_like(dlogk, x) * xc + kk * unsqueeze_like(dt_dr, x) * inner
-        return out.to(x.dtype)
+        out = (unsqueeze_like(dlogk, x) * xc + kk * unsqueeze_like(dt_dr, x) * inner).to(x.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(
+                f"change_scheduler: the new field overflowed (NaN or inf) in {x.dtype} at r = {r.tolist()}"
+            )
+        return out
 
     return field
 

@@ -348,9 +348,10 @@ def integrate(
         if not isinstance(state, Tensor) or state.shape != x.shape:
             got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
             raise ValueError(f"method's step must return a tensor of x's shape {tuple(x.shape)}; got {got}")
-        if not bool(torch.isfinite(state).all()):
+        # checked in x's dtype: a float16 state overflows at 65504 where the float32 accumulator does not
+        if not bool(torch.isfinite(state).all()) or not bool(torch.isfinite(state.to(low)).all()):
             raise ValueError(
-                f"the state became NaN or inf at step {k + 1} of {steps} (t = {grid[k + 1]:g}); "
+                f"the state became NaN or inf at step {k + 1} of {steps} (t = {grid[k + 1]:g}, in {low}); "
                 "the field or the step size is unstable"
             )
         if states is not None:

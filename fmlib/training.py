@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm import tqdm
 
-from ._checks import check_batch, check_int, check_labels, check_real
+from ._checks import check_batch, check_finite, check_int, check_labels, check_real
 from .ema import EMA
 from .guidance import drop_labels
 from .losses import TimeSampler, cfm_loss
@@ -134,6 +134,16 @@ def _check_decay(ema: object) -> float | None:
     return float(ema)
 
 
+def _check_losses(losses: Tensor, start: int) -> None:
+    bad = (~torch.isfinite(losses[start:])).nonzero()
+    if bad.numel():
+        first = start + int(bad[0])
+        raise ValueError(
+            f"the training loss became NaN or inf at step {first + 1} (loss {float(losses[first])}); "
+            "check the data for non-finite values, or lower the learning rate"
+        )
+
+
 def fit(
     model: nn.Module,
     step_loss: Callable[[], Tensor],
@@ -193,6 +203,8 @@ def fit(
         if averager is not None:
             averager.update()
         losses[k] = loss.detach()
+        if (k + 1) % 50 == 0 or k + 1 == steps:  # one sync per 50 steps: stop at a NaN/inf loss, never return one
+            _check_losses(losses[: k + 1], max(0, k - 49))
         if progress and (k + 1) % 50 == 0:
             bar.set_postfix(loss=f"{float(losses[k - 49 : k + 1].mean()):.4g}", refresh=False)
         if evaluating and ((k + 1) % eval_every == 0 or k + 1 == steps):
@@ -340,9 +352,11 @@ def train(
             empty data, a source or eval_data of another feature shape, or bad weights.
     """
     check_batch(data, "data")
+    check_finite(data, "data")
     check_int(batch_size, "batch_size")
     if source is not None:
         check_batch(source, "source")
+        check_finite(source, "source")
         if source.shape[1:] != data.shape[1:]:
             raise ValueError(
                 f"source must have data's feature shape {tuple(data.shape[1:])}; got {tuple(source.shape[1:])}"
@@ -351,6 +365,7 @@ def train(
     eval_loss = None
     if eval_data is not None:
         check_batch(eval_data, "eval_data")
+        check_finite(eval_data, "eval_data")
         if eval_data.shape[1:] != data.shape[1:]:
             raise ValueError(
                 f"eval_data must have data's feature shape {tuple(data.shape[1:])}; got {tuple(eval_data.shape[1:])}"
@@ -443,6 +458,7 @@ def train_conditional(
             ``num_classes``.
     """
     check_batch(images, "images")
+    check_finite(images, "images")
     check_int(batch_size, "batch_size")
     num_classes = getattr(model, "num_classes", None)
     if not isinstance(num_classes, int):

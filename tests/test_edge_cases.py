@@ -1,0 +1,94 @@
+"""Edge cases found by trying to break fmlib: each must raise a clear error, never return NaN or inf."""
+
+import pytest
+import torch
+
+import fmlib
+
+
+def test_a_float16_map_that_overflows_raises():
+    h = torch.ones(2, 2, dtype=torch.float16)
+    # 200 / sigma_t^2 at t = 0.9999 is about 2e10 in float32, inf in float16
+    with pytest.raises(ValueError, match="overflowed"):
+        fmlib.GaussianPath().velocity_to_score(200 * h, h, 0.9999)
+
+
+def test_change_scheduler_reports_a_float16_overflow():
+    h = torch.ones(2, 2, dtype=torch.float16)
+    field = fmlib.change_scheduler(
+        lambda x, t: 1e3 * x, fmlib.GaussianPath(), fmlib.AffinePath(fmlib.CosineScheduler())
+    )
+    with pytest.raises(ValueError, match="overflowed"):
+        field(100 * h, 0.999)
+
+
+def test_integrate_reports_a_state_that_overflows_float16():
+    h = torch.ones(2, 2, dtype=torch.float16)
+    # 6e4 + 4 * 6e4 / 4 = 1.2e5 > 65504, the largest float16
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fmlib.integrate(lambda x, t: torch.full_like(x, 6e4), 6e4 * h, steps=4)
+
+
+def test_cfm_loss_and_train_refuse_non_finite_data():
+    nan = torch.full((4, 2), float("nan"))
+    with pytest.raises(ValueError, match="x1 must be finite"):
+        fmlib.cfm_loss(lambda x, t: 0 * x, fmlib.LinearPath(), nan)
+    with pytest.raises(ValueError, match="x0 must be finite"):
+        fmlib.cfm_loss(lambda x, t: 0 * x, fmlib.LinearPath(), torch.zeros(4, 2), x0=nan)
+    with pytest.raises(ValueError, match="data must be finite"):
+        fmlib.train(fmlib.MLP(2, hidden=8), fmlib.LinearPath(), nan, steps=2, batch_size=4, progress=False)
+
+
+def test_train_stops_at_a_non_finite_loss():
+    torch.manual_seed(0)
+    data = 1e20 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    # squared errors of 1e40 overflow float32 in the first step
+    with pytest.raises(ValueError, match="NaN or inf at step 1"):
+        fmlib.train(fmlib.MLP(2, hidden=8), fmlib.LinearPath(), data, steps=3, batch_size=4, progress=False)
+
+
+def test_a_pair_coupling_must_keep_every_row():
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="not fewer rows"):
+        fmlib.cfm_loss(
+            lambda x, t: 0 * x, fmlib.LinearPath(), x, x0=x.flip(0), t=0.5, coupling=lambda a, b: (a[:3], b[:3])
+        )
+
+
+def test_logit_normal_draws_stay_inside_the_open_interval():
+    # scale 8: |loc + scale z| > 17 for about a third of the draws, where float32 sigmoid rounds to 0 or 1
+    t = fmlib.logit_normal(0.0, 8.0)(2000, torch.Generator().manual_seed(0), torch.float32, torch.device("cpu"))
+    assert bool((t > 0).all()) and bool((t < 1).all())
+    loss = fmlib.cfm_loss(
+        lambda x, t: 0 * x,
+        fmlib.AffinePath(fmlib.VPScheduler()),
+        torch.randn(2000, 2, generator=torch.Generator().manual_seed(1)),
+        time_sampler=fmlib.logit_normal(0.0, 8.0),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert torch.isfinite(loss)
+
+
+def test_ema_checks_a_restored_state_and_needs_parameters():
+    ema = fmlib.EMA(torch.nn.Linear(2, 2), 0.9)
+    state = ema.state_dict()
+    with pytest.raises(ValueError, match="decay"):
+        ema.load_state_dict({**state, "decay": 5.0})
+    with pytest.raises(ValueError, match="missing"):
+        ema.load_state_dict({"shadow": state["shadow"]})
+    with pytest.raises(ValueError, match="no.*parameters|has none"):
+        fmlib.EMA(torch.nn.ReLU(), 0.9)
+
+
+def test_divergence_refuses_inference_mode():
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        fmlib.divergence(lambda x, t: 2 * x, torch.randn(3, 2), 0.5)
+    # outside it: the divergence of 2x in 2D is 4
+    assert torch.allclose(fmlib.divergence(lambda x, t: 2 * x, torch.randn(3, 2), 0.5), torch.full((3,), 4.0))
+
+
+def test_reflow_pairs_returns_detached_tensors():
+    x0 = torch.randn(4, 2, requires_grad=True)
+    a, b = fmlib.reflow_pairs(lambda x, t: torch.ones_like(x), x0, steps=2, method="euler")
+    assert not a.requires_grad and not b.requires_grad
+    assert torch.allclose(b, x0.detach() + 1)
