@@ -119,9 +119,15 @@ def integrate_sde(
         vel = check_velocity_output(v(state.to(x.dtype), tt), x).to(dtype)
         g = _diffusion_value(g_of_t(t), t)
         if g > 0:
-            g = min(g, float(path.coefficients(t).sigma_t) / math.sqrt(h))
+            coef = path.coefficients(t)
+            g = min(g, float(coef.sigma_t) / math.sqrt(h))
         if g > 0:
-            score = path.velocity_to_score(vel, state, tt)
+            if float(coef.alpha_t) == 0.0:
+                # x_t = sigma_t x0 carries no signal: p_t = N(0, sigma_t^2 I) whatever the data, so the
+                # score is exact there even where velocity_to_score cannot recover it (the SNR stands still)
+                score = -state / float(coef.sigma_t) ** 2
+            else:
+                score = path.velocity_to_score(vel, state, tt)
             noise = torch.randn(x.shape, generator=generator, dtype=dtype, device=x.device)
             state = state + h * (vel + 0.5 * g**2 * score) + g * math.sqrt(h) * noise
         else:
