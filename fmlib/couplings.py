@@ -57,7 +57,8 @@ def _pair_checked(x0: Tensor, x1: Tensor) -> None:
 def _sq_cost(a: Tensor, b: Tensor) -> np.ndarray:
     """Squared Euclidean distances between the flattened rows, float64 NumPy, without the |a|^2 + |b|^2 - 2ab
     cancellation of the matrix-product formula."""
-    a64, b64 = a.detach().flatten(1).double().cpu(), b.detach().flatten(1).double().cpu()
+    a64 = a.detach().reshape(a.shape[0], -1).double().cpu()  # (B,) batches too: one feature each
+    b64 = b.detach().reshape(b.shape[0], -1).double().cpu()
     return torch.cdist(a64, b64, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy()
 
 

@@ -278,7 +278,7 @@ def cfm_loss(
     out = model(s.x_t, s.t) if cond is None else model(s.x_t, s.t, cond)
     pred = check_velocity_output(out, s.x_t, "model(x_t, t)" if cond is None else "model(x_t, t, cond)")
     target = s.u_t if prediction == "velocity" else path.target(s, prediction)  # type: ignore[attr-defined]
-    per_row = (pred - target).flatten(1).pow(2).sum(dim=1)
+    per_row = (pred - target).reshape(pred.shape[0], -1).pow(2).sum(dim=1)
     if weights is not None:
         per_row = per_row * weights.to(per_row.dtype)
     return per_row.mean()

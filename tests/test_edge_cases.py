@@ -110,3 +110,14 @@ def test_sde_sampling_starts_where_the_snr_stands_still():
     var = out.var(0)
     # the variance of 20,000 draws of N(0, 1) has a standard error of about 0.01
     assert torch.allclose(var, torch.ones(2, dtype=torch.float64), atol=0.05), var
+
+
+def test_one_dimensional_batches_are_batches_of_scalars():
+    # shape (B,): B samples of one feature, as check_batch accepts and integrate handles
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    pi = fmlib.ot_assignment(x0, x1)
+    # 1D OT is sorting: the k-th smallest x0 goes with the k-th smallest x1
+    assert torch.equal(x1[pi][x0.argsort()], x1.sort().values)
+    loss = fmlib.cfm_loss(lambda x, t: torch.zeros_like(x), fmlib.LinearPath(), x1, x0=x0, t=0.5)
+    assert torch.allclose(loss, (x1 - x0).pow(2).mean())
