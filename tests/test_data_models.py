@@ -36,6 +36,29 @@ def test_eight_gaussians_modes(gen):
     assert abs(float(x.norm(dim=1).mean()) - 2.0) < 0.02
 
 
+def test_two_moons_are_independent_uniform_draws_on_the_arcs():
+    # noise = 0: undo the scaling; every point is on the outer arc (cos a, sin a) or the inner arc
+    # (1 - cos a, 1/2 - sin a), a in [0, pi], each arc with probability 1/2
+    from scipy.stats import kstest
+
+    n = 4000
+    x = fmlib.two_moons(n, noise=0.0, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    u = x / 2 + torch.tensor([0.5, 0.25], dtype=torch.float64)
+    on_outer = (u.norm(dim=1) - 1).abs() < 1e-12
+    on_inner = ((u - torch.tensor([1.0, 0.5], dtype=torch.float64)).norm(dim=1) - 1).abs() < 1e-12
+    assert torch.all(on_outer ^ on_inner)
+    share = on_outer.double().mean().item()
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / n), share
+    a = torch.where(on_outer, torch.atan2(u[:, 1], u[:, 0]), torch.atan2(0.5 - u[:, 1], 1 - u[:, 0]))
+    assert a.min() >= 0 and a.max() <= math.pi
+    # uniform positions (KS test), and drawn independently: a grid of evenly spaced positions (scikit-learn's
+    # make_moons) has a KS distance far below that of n independent draws, sqrt(n) D < 0.4 w.p. 0.003
+    ks = kstest((a / math.pi).numpy(), "uniform")
+    assert 0.4 < math.sqrt(n) * ks.statistic < 1.95, ks  # the Kolmogorov distribution's 0.3% and 99.9% points
+    grid = (torch.arange(n // 2, dtype=torch.float64) + 0.5) / (n // 2)
+    assert math.sqrt(n) * kstest(grid.numpy(), "uniform").statistic < 0.4  # the check can fail
+
+
 def test_bad_dataset_arguments():
     with pytest.raises(ValueError, match="name must be one of"):
         sample_data("swiss", 10)
