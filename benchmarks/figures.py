@@ -277,11 +277,12 @@ _RECIPE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _recipe_styles(result: dict) -> dict[str, tuple[str, str, str]]:
-    """recipe -> (label, colour, marker), in the order of the configuration."""
+    """recipe -> (label, colour, marker), in the order of the configuration, then the other libraries' runs."""
     labels = result["config"].get("recipe_labels", {})
+    names = [*result["config"]["recipes"], *result["config"].get("library_runs", [])]
     return {
         r: (labels.get(r, r), plt.cm.tab10(i % 10), _RECIPE_MARKERS[i % len(_RECIPE_MARKERS)])
-        for i, r in enumerate(result["config"]["recipes"])
+        for i, r in enumerate(names)
     }
 
 
@@ -321,16 +322,17 @@ def recipe_quality(result: dict) -> Figure:
 
 def recipe_curves(result: dict) -> Figure:
     """W2 / floor during training (mean over seeds; EMA weights where EMA is on), one panel per data set, one
-    colour and marker per recipe, legend below the panels."""
+    colour and marker per fmlib recipe, legend below the panels."""
     s, styles = result["summary"], _recipe_styles(result)
     tasks = list(s)
     fig, axes = plt.subplots(1, len(tasks), figsize=(MAX_FIGURE_WIDTH, 3.6), squeeze=False, sharey=True)
     shown = {}
-    top = 1.15 * max(max(d["curve_w2_over_floor_mean"]) for t in tasks for d in s[t].values())
+    curves = [d["curve_w2_over_floor_mean"] for t in tasks for d in s[t].values() if d["curve_w2_over_floor_mean"]]
+    top = 1.15 * max(max(c) for c in curves)
     ticks = [v for v in (1, 1.5, 2, 3, 5, 10, 20, 50) if v <= top]
     for ax, t in zip(axes[0], tasks):
         for r, (label, colour, marker) in styles.items():
-            if r not in s[t]:
+            if r not in s[t] or not s[t][r]["curve_steps"]:  # (the other libraries' runs have no curve)
                 continue
             d = s[t][r]
             ax.plot(d["curve_steps"], d["curve_w2_over_floor_mean"], color=colour, marker=marker, ms=5, lw=1.2)

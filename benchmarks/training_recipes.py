@@ -3,11 +3,20 @@
 Every recipe trains the benchmark's network (``fmlib.MLP(2, hidden=64, depth=3)``, one initial state per seed)
 with ``fmlib.train`` on the straight-line path (``fmlib.LinearPath(0.0)``), batch 512, 1500 steps, from N(0, I)
 to a 2D data set, and is scored by the exact W2 (``fmlib.wasserstein2``) between 1000 points generated with 100
-Euler steps and 1000 held-out data points, divided by the finite-sample floor: the W2 between two independent
-held-out draws of 1000 points each. Data, held-out draws and seeds follow ``benchmarks/compare_2d.py``
-(generator seed 1000 * seed + task index, 20,000 training points). W2 is also measured every ``eval_every``
+Euler steps and 1000 held-out data points, divided by the finite-sample floor: the mean W2 between the held-out
+points and 8 further independent draws of 1000 (``harness.w2_floor``), which a perfect sampler would score.
+Data, held-out draws and seeds follow ``benchmarks/compare_2d.py`` (generator seed 1000 * seed + task index,
+20,000 training points). W2 is also measured every ``eval_every``
 steps during training (with the averaged weights when EMA is on), for the curves of the chapter "Training in
 practice".
+
+The other libraries' defaults: torchcfm and flow_matching have no training function; their 2D examples train
+with ``torch.optim.Adam(model.parameters())`` (PyTorch's default rate 1e-3, constant), t ~ U[0, 1] and no
+weight average. That loop, with each library's own loss (``benchmarks/adapters.py``) and the same network, data,
+initial state and batch size, runs once for the default recipe's number of steps (equal steps) and once for as
+many steps as take the default recipe's training time (equal wall time). That step count comes from the median
+times per step of the default recipe and of each library's loop, measured in the interleaved blocks below before
+the training runs, so a change of load during a run does not move it.
 
 Step-time cost: each option is switched on alone on top of constant-rate Adam (and the full default recipe
 measured too), the variants run in interleaved blocks of steps (order rotated every block) on the same model
@@ -18,7 +27,7 @@ The result has the common ``meta`` and ``config`` entries of :mod:`benchmarks.ha
 (``--merge``) lists their command lines in ``merged_from``.
 
 Usage (from the repository root):
-    python benchmarks/training_recipes.py               # full: 5 seeds x 3 tasks x recipes (~25 min on 1 core)
+    python benchmarks/training_recipes.py               # 5 seeds x 3 tasks x (2 recipes + 4 library runs), ~10 min
     python benchmarks/training_recipes.py --smoke --out /tmp/recipes_smoke.json   # < 60 s
 """
 
@@ -39,7 +48,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/training_recipes.py`:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fmlib  # noqa: E402
-from benchmarks import harness  # noqa: E402
+from benchmarks import adapters, harness  # noqa: E402
 
 # task -> (fmlib.DATASETS name, task index in compare_2d.py's TASKS: its generator seeds)
 TASKS = {"moons": ("moons", 1), "s_curve": ("s_curve", 2), "8gaussians": ("8gaussians", 0)}
@@ -60,6 +69,9 @@ RECIPE_LABELS = {
     "default": "cosine + EMA (fmlib.train defaults)",
     "default_logit_normal": "cosine + EMA, logit-normal t",
 }
+# library -> label of its default recipe (constant Adam at 1e-3 with its own loss), at equal steps / wall time
+LIBRARY_LABELS = {"torchcfm": "torchcfm example loop", "flow_matching": "flow_matching example loop"}
+BUDGETS = {"steps": "equal steps", "time": "equal wall time"}
 # option -> keyword arguments added to the constant-rate baseline for the step-time measurement
 OPTIONS = {
     "baseline": dict(schedule="constant", ema=None),
@@ -78,6 +90,9 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     tasks: tuple[str, ...] = tuple(TASKS)
     recipes: tuple[str, ...] = ("constant_3e-3", "default")
+    libraries: tuple[str, ...] = ("torchcfm", "flow_matching")
+    library_lr: float = 1e-3
+    floor_draws: int = 8
     steps: int = 1500
     batch_size: int = 512
     hidden: int = 64
@@ -99,6 +114,7 @@ class Config:
             n_train=2000,
             n_eval=200,
             eval_every=30,
+            floor_draws=2,
             timing_blocks=2,
             timing_block_steps=10,
         )
@@ -110,14 +126,26 @@ class Config:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
+def library_runs(cfg: Config) -> list[str]:
+    """Names of the other libraries' runs (``"torchcfm@steps"``, ...); empty unless the default recipe runs."""
+    return [f"{lib}@{b}" for lib in cfg.libraries for b in BUDGETS] if "default" in cfg.recipes else []
+
+
 def description(cfg: Config) -> dict:
     """What the result's ``config`` stores beside the Config: the recipes' and timing options' arguments."""
+    lib_labels = {f"{lib}@{b}": f"{LIBRARY_LABELS[lib]}, {BUDGETS[b]}" for lib in cfg.libraries for b in BUDGETS}
     return {
         "recipes_kwargs": {k: {a: str(b) for a, b in RECIPES[k].items()} for k in cfg.recipes},
-        "recipe_labels": {k: RECIPE_LABELS[k] for k in cfg.recipes},
+        "recipe_labels": {k: RECIPE_LABELS[k] for k in cfg.recipes} | {k: lib_labels[k] for k in library_runs(cfg)},
+        "library_runs": library_runs(cfg),
+        "library_recipe": f"torch.optim.Adam(model.parameters(), lr={cfg.library_lr:g}), constant, t ~ U[0, 1], "
+        "no EMA, the library's own loss (benchmarks/adapters.py); '@steps': the default recipe's number of steps, "
+        "'@time': as many steps as take the default recipe's training time, by the median step times of the "
+        "interleaved timing blocks (step_time)",
         "timing_options": {k: {a: str(b) for a, b in v.items()} for k, v in OPTIONS.items()},
         "w2": "fmlib.wasserstein2 (exact) between n_eval points generated with euler_steps Euler steps and "
-        "n_eval held-out points; floor: the same between two independent held-out draws",
+        "n_eval held-out points; floor: harness.w2_floor, the mean W2 between the held-out points and floor_draws "
+        "further independent draws of n_eval",
     }
 
 
@@ -126,9 +154,10 @@ def task_data(task: str, seed: int, cfg: Config) -> dict:
     gen = torch.Generator().manual_seed(1000 * seed + index)
     pool = fmlib.sample_data(name, cfg.n_train, generator=gen)
     x1_eval = fmlib.sample_data(name, cfg.n_eval, generator=gen)
-    x1_eval2 = fmlib.sample_data(name, cfg.n_eval, generator=gen)
     x0_eval = torch.randn(cfg.n_eval, 2, generator=gen)
-    return dict(gen=gen, pool=pool, x1_eval=x1_eval, x0_eval=x0_eval, floor=fmlib.wasserstein2(x1_eval, x1_eval2))
+    floor_gen = torch.Generator().manual_seed(1000 * seed + index + 500)  # the floor's draws: their own stream
+    floor = harness.w2_floor(x1_eval, lambda: fmlib.sample_data(name, cfg.n_eval, generator=floor_gen), cfg.floor_draws)
+    return dict(gen=gen, pool=pool, x1_eval=x1_eval, x0_eval=x0_eval, floor=floor)
 
 
 def run(task: str, seed: int, recipe: str, cfg: Config) -> dict:
@@ -163,23 +192,81 @@ def run(task: str, seed: int, recipe: str, cfg: Config) -> dict:
         "w2_over_floor": w2 / d["floor"],
         "curve_steps": rec.eval_steps,
         "curve_w2_over_floor": [v / d["floor"] for v in rec.callback_values],
+        "steps": cfg.steps,
         "train_seconds": rec.seconds,
         "last_loss_mean": statistics.fmean(rec[-50:]),
     }
 
 
+def library_loop(library: str, model: torch.nn.Module, pool: torch.Tensor, steps: int, gen, cfg: Config, libs: dict):
+    """``steps`` steps of the library's example loop (constant-rate Adam, its own loss): (seconds, last loss)."""
+    loss_fn = adapters.make_loss(adapters.VARIANTS[f"{library}_independent"], libs)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.library_lr)
+    b, loss = cfg.batch_size, torch.tensor(float("nan"))
+    begin = time.perf_counter()
+    for _ in range(steps):
+        x1 = pool[torch.randint(0, pool.shape[0], (b,), generator=gen)]
+        x0 = torch.randn(b, 2, generator=gen)
+        t = torch.rand(b, generator=gen)
+        loss = loss_fn(model, x0, x1, t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - begin, float(loss.detach())
+
+
+def run_library(task: str, seed: int, library: str, budget: str, timing: dict, cfg: Config, libs: dict) -> dict:
+    """The library's example loop on the benchmark's network, from the recipes' initial state and data: for
+    ``budget`` "steps" the default recipe's number of steps; for "time" as many as take the default recipe's
+    training time, by the step times of ``timing`` (:func:`step_times`, interleaved blocks)."""
+    ratio = timing[f"{library}_loop"]["ms_per_step_median"] / timing["default"]["ms_per_step_median"]
+    steps = cfg.steps if budget == "steps" else max(1, round(cfg.steps / ratio))
+    d = task_data(task, seed, cfg)
+    torch.manual_seed(seed)
+    model = fmlib.MLP(2, hidden=cfg.hidden, depth=cfg.depth)  # the same initial state as the recipes'
+    seconds, last_loss = library_loop(library, model, d["pool"], steps, d["gen"], cfg, libs)
+    with torch.no_grad():
+        w2 = fmlib.wasserstein2(adapters.sample(library, model, d["x0_eval"], cfg.euler_steps, libs), d["x1_eval"])
+    return {
+        "task": task,
+        "seed": seed,
+        "recipe": f"{library}@{budget}",
+        "library": library,
+        "budget": budget,
+        "steps": steps,
+        "floor_w2": d["floor"],
+        "w2": w2,
+        "w2_over_floor": w2 / d["floor"],
+        "curve_steps": [],
+        "curve_w2_over_floor": [],
+        "train_seconds": seconds,
+        "time_over_default": steps * ratio / cfg.steps,
+        "last_loss": last_loss,
+    }
+
+
 def step_times(cfg: Config) -> dict:
-    """Median ms per step of each option, interleaved blocks on the moons, seed 0."""
+    """Median ms per step of each option and of the other libraries' example loops (``"torchcfm_loop"``, ...),
+    interleaved blocks on the moons, seed 0; ``relative_to_baseline`` compares with constant-rate fmlib.train."""
     d = task_data("moons", 0, cfg)
     torch.manual_seed(0)
     init = copy.deepcopy(fmlib.MLP(2, hidden=cfg.hidden, depth=cfg.depth).state_dict())
     path, n = fmlib.LinearPath(0.0), cfg.timing_block_steps
-    per_block = {o: [] for o in OPTIONS}
-    order = list(OPTIONS)
+    loops = [f"{lib}_loop" for lib in cfg.libraries]
+    libs = adapters.import_libraries() if loops else {}
+    per_block = {o: [] for o in [*OPTIONS, *loops]}
+    order = list(per_block)
     for block in range(cfg.timing_blocks + 1):  # block 0 is a warm-up
         for o in order:
             model = fmlib.MLP(2, hidden=cfg.hidden, depth=cfg.depth)
             model.load_state_dict(init)
+            if o in loops:
+                seconds, _ = library_loop(
+                    o[: -len("_loop")], model, d["pool"], n, torch.Generator().manual_seed(block), cfg, libs
+                )
+                if block:
+                    per_block[o].append(1e3 * seconds / n)
+                continue
             rec = fmlib.train(
                 model,
                 path,
@@ -281,7 +368,10 @@ def summarize(runs: list[dict]) -> dict:
                 "curve_w2_over_floor_mean": [statistics.fmean(c) for c in curves],
                 "curve_w2_over_floor_sd": [statistics.stdev(c) if len(c) > 1 else 0.0 for c in curves],
                 "train_seconds": harness.mean_sd([r["train_seconds"] for r in rs]),
+                "steps": harness.mean_sd([r["steps"] for r in rs]),
             }
+            if "time_over_default" in rs[0]:
+                out[task][recipe]["time_over_default"] = harness.mean_sd([r["time_over_default"] for r in rs])
     return out
 
 
@@ -312,6 +402,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = harness.new_result("training_recipes", cfg, args, argv=argv)
     result["config"].update(description(cfg))
     runs = []
+    libs = adapters.import_libraries() if library_runs(cfg) else {}
+    if library_runs(cfg) and not args.timing_only and args.no_timing:
+        parser.error("the library runs at equal wall time need the step-time measurement: drop --no-timing")
+    timing = None if args.no_timing else step_times(cfg)  # first: the equal-time library runs use it
     for seed in [] if args.timing_only else cfg.seeds:
         for task in cfg.tasks:
             for recipe in cfg.recipes:
@@ -321,7 +415,14 @@ def main(argv: list[str] | None = None) -> dict:
                     f"{task:10s} seed {seed} {recipe:30s} W2/floor {r['w2_over_floor']:.3f} "
                     f"({r['train_seconds']:.1f} s)"
                 )
-    timing = None if args.no_timing else step_times(cfg)
+            for name in library_runs(cfg):
+                library, budget = name.split("@")
+                r = run_library(task, seed, library, budget, timing, cfg, libs)
+                runs.append(r)
+                log(
+                    f"{task:10s} seed {seed} {name:30s} W2/floor {r['w2_over_floor']:.3f} "
+                    f"({r['steps']} steps, {r['train_seconds']:.1f} s, x{r['time_over_default']:.2f})"
+                )
     components = None if args.no_timing else component_times(cfg)
     if timing:
         for o, v in timing.items():
@@ -347,7 +448,8 @@ def merge(files: list[Path], out: Path) -> dict:
         cfg,
         seeds=tuple(sorted({r["seed"] for r in runs})),
         tasks=tuple(dict.fromkeys(r["task"] for r in runs)),
-        recipes=tuple(dict.fromkeys(r["recipe"] for r in runs)),
+        recipes=tuple(dict.fromkeys(r["recipe"] for r in runs if "library" not in r)),
+        libraries=tuple(dict.fromkeys(r["library"] for r in runs if "library" in r)),
     )
     result = {
         "meta": {**parts[0]["meta"], "wall_seconds": sum(p["meta"]["wall_seconds"] for p in parts)},

@@ -16,6 +16,7 @@ from pathlib import Path
 import flow_matching  # noqa: F401  (fail, not skip, when the benchmark's libraries are missing)
 import matplotlib
 import pytest
+import torch
 import torchcfm  # noqa: F401
 
 matplotlib.use("Agg")
@@ -23,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import fmlib  # noqa: E402
 from benchmarks import compare_2d, couplings, figures, harness, sampling, training_recipes  # noqa: E402
 from fmlib.plotting import MAX_FIGURE_WIDTH  # noqa: E402
 
@@ -230,12 +232,24 @@ def test_training_recipes_smoke_writes_the_common_format_and_every_part(tmp_path
     bad = [(where, v) for where, v in _numbers(result) if not math.isfinite(v)]
     assert not bad, bad[:10]
     runs = result["runs"]
-    assert len(runs) == len(cfg.seeds) * len(cfg.tasks) * len(cfg.recipes)
+    libs = training_recipes.library_runs(cfg)
+    assert libs == [f"{lib}@{b}" for lib in cfg.libraries for b in ("steps", "time")]
+    assert len(runs) == len(cfg.seeds) * len(cfg.tasks) * (len(cfg.recipes) + len(libs))
     for r in runs:  # the score is W2 over the floor of the same held-out draws
         assert r["w2_over_floor"] == pytest.approx(r["w2"] / r["floor_w2"], rel=1e-12) and r["floor_w2"] > 0
-        assert len(r["curve_steps"]) == len(r["curve_w2_over_floor"]) > 0
+        if "library" not in r:
+            assert len(r["curve_steps"]) == len(r["curve_w2_over_floor"]) > 0 and r["steps"] == cfg.steps
+    st = result["step_time"]
+    for r in runs:  # the other libraries: equal steps, or the steps that take the default recipe's time
+        if "library" in r:
+            default = next(d for d in runs if (d["task"], d["seed"], d["recipe"]) == (r["task"], r["seed"], "default"))
+            assert r["floor_w2"] == default["floor_w2"]
+            ratio = st[f"{r['library']}_loop"]["ms_per_step_median"] / st["default"]["ms_per_step_median"]
+            want = cfg.steps if r["budget"] == "steps" else max(1, round(cfg.steps / ratio))
+            assert r["steps"] == want
+            assert r["time_over_default"] == pytest.approx(want * ratio / cfg.steps, rel=1e-12)
     assert result["summary"] == training_recipes.summarize(runs)
-    assert set(result["step_time"]) == set(training_recipes.OPTIONS)
+    assert set(st) == set(training_recipes.OPTIONS) | {f"{lib}_loop" for lib in cfg.libraries}
     assert result["step_time"]["baseline"]["relative_to_baseline"] == 1.0
     over = result["step_time_components"]["overhead_fraction"]
     assert set(over) == {"ema", "cosine", "clip", "logit_normal"} and min(over.values()) >= 0
@@ -246,10 +260,22 @@ def test_stored_training_recipes_summary_is_what_the_code_computes_from_its_runs
     assert result["summary"] == training_recipes.summarize(result["runs"])
     cfg = training_recipes.Config.from_dict(result["config"])
     assert {r["seed"] for r in result["runs"]} == set(cfg.seeds)
-    assert list(dict.fromkeys(r["recipe"] for r in result["runs"])) == list(cfg.recipes)
+    recipes = [r["recipe"] for r in result["runs"]]
+    assert list(dict.fromkeys(recipes)) == list(cfg.recipes) + training_recipes.library_runs(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ harness
+def test_w2_floor_is_the_mean_w2_of_independent_draws():
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(200, 2, generator=gen)
+    draws = [torch.randn(200, 2, generator=gen) for _ in range(3)]
+    it = iter(draws)
+    want = sum(fmlib.wasserstein2(d, ref) for d in draws) / 3
+    assert harness.w2_floor(ref, lambda: next(it), draws=3) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        harness.w2_floor(ref, lambda: ref, draws=0)
+
+
 def test_mean_sd_is_the_sample_mean_and_the_n_minus_1_deviation():
     d = harness.mean_sd([1, 2, 3, 4])
     # sum of squared deviations from 2.5 is 5, over n - 1 = 3
