@@ -14,6 +14,7 @@ Sinkhorn iterations (``ot.sinkhorn``).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -54,12 +55,20 @@ def _pair_checked(x0: Tensor, x1: Tensor) -> None:
         )
 
 
-def _sq_cost(a: Tensor, b: Tensor) -> np.ndarray:
-    """Squared Euclidean distances between the flattened rows, float64 NumPy, without the |a|^2 + |b|^2 - 2ab
-    cancellation of the matrix-product formula."""
+def _sq_cost(a: Tensor, b: Tensor) -> tuple[np.ndarray, float]:
+    """``(cost, s)``: squared Euclidean distances between the flattened rows in units of ``s^2``, float64 NumPy,
+    without the |a|^2 + |b|^2 - 2ab cancellation of the matrix-product formula.
+
+    The coordinates are first divided by the power of two s just above their largest magnitude (exactly, so
+    ``cost * s^2`` is the squared distance): squares of coordinates near 1e200 or 1e-200 would overflow to
+    inf or underflow to 0 in float64, while the scaled ones are at most 1.
+    """
     a64 = a.detach().reshape(a.shape[0], -1).double().cpu()  # (B,) batches too: one feature each
     b64 = b.detach().reshape(b.shape[0], -1).double().cpu()
-    return torch.cdist(a64, b64, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy()
+    top = max(float(a64.abs().max()), float(b64.abs().max())) if a64.numel() and b64.numel() else 0.0
+    s = 2.0 ** math.frexp(top)[1] if top > 0.0 else 1.0
+    cost = torch.cdist(a64 / s, b64 / s, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy()
+    return cost, s
 
 
 def _rescaled(cost: np.ndarray) -> tuple[np.ndarray, float]:
@@ -169,11 +178,11 @@ def ot_assignment(x0: Tensor, x1: Tensor, labels: Tensor | None = None, block_si
         groups = [g[i : i + block_size] for g in groups for i in range(0, len(g), block_size)]
     pi = np.empty(n, dtype=np.int64)
     if len(groups) == 1:
-        pi[:] = _exact_assignment(_sq_cost(x0, x1))
+        pi[:] = _exact_assignment(_sq_cost(x0, x1)[0])
     else:
         for g in groups:
             idx = torch.as_tensor(g, device=x0.device)
-            pi[g] = g[_exact_assignment(_sq_cost(x0[idx], x1[idx]))]
+            pi[g] = g[_exact_assignment(_sq_cost(x0[idx], x1[idx])[0])]
     return torch.as_tensor(pi, device=x1.device)
 
 
@@ -215,22 +224,28 @@ def _sinkhorn_pairs(
 
     _pair_checked(x0, x1)
     n = x0.shape[0]
-    cost = _sq_cost(x0, x1)
+    cost, unit = _sq_cost(x0, x1)
+    reg_u = reg / unit / unit  # reg in the cost's units (s^2)
+    if not 0.0 < reg_u < math.inf:
+        raise ValueError(
+            f"reg={reg:g} is out of float64's range for points of magnitude {unit:g}: reg / {unit:g}^2 = {reg_u:g}"
+        )
     if method == "sinkhorn":
         # exp(-C / reg) underflows to 0 (float64) once C / reg exceeds about 745: a row of zeros has no
         # scaling that meets its marginal, and the plain iterations divide 0 by 0.
         row_min = cost.min(axis=1)
-        worst = float(row_min.max() / reg)
+        worst = float(row_min.max() / reg_u)
         if worst > 700.0:
             raise ValueError(
                 f"reg={reg:g} underflows Sinkhorn: exp(-cost / reg) is 0 for every partner of some row "
                 f"(smallest cost of that row / reg = {worst:.3g} > 700). Use a larger reg (for these points "
-                f"reg > {float(row_min.max()) / 700:.3g}), method='sinkhorn_log', or ot_assignment for exact OT."
+                f"reg > {float(row_min.max()) / 700 * unit * unit:.3g}), method='sinkhorn_log', or ot_assignment "
+                "for exact OT."
             )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plan = ot.sinkhorn(
-            np.full(n, 1.0 / n), np.full(n, 1.0 / n), cost, reg, method=method, numItermax=num_iter, stopThr=tol
+            np.full(n, 1.0 / n), np.full(n, 1.0 / n), cost, reg_u, method=method, numItermax=num_iter, stopThr=tol
         )
     plan = np.asarray(plan, dtype=np.float64)
     rows = plan.sum(axis=1, keepdims=True)

@@ -142,7 +142,8 @@ def log_likelihood(
 
     Raises:
         ValueError: unknown method or divergence, probes < 1, steps < 1, rtol or atol <= 0,
-            x without a batch dimension; an adaptive solve that blows up.
+            x without a batch dimension; an adaptive solve that blows up; a log_p0 that does not return
+            a tensor of shape (B,), or returns NaN.
         TypeError: v not callable, x not a floating tensor, steps or probes not ints.
         RuntimeError: an adaptive solve that needs more than ``max_steps`` steps.
 
@@ -209,5 +210,13 @@ def log_likelihood(
     else:
         end = integrate(augmented, state, t0=1.0, t1=0.0, steps=steps, method=method)
     x0, int_div = end[:, :feats].reshape(shape), end[:, feats]
-    base = _standard_normal_log_prob(x0) if log_p0 is None else log_p0(x0)
+    if log_p0 is None:
+        base = _standard_normal_log_prob(x0)
+    else:
+        base = log_p0(x0)
+        if not isinstance(base, Tensor) or tuple(base.shape) != (x0.shape[0],):
+            got = tuple(base.shape) if isinstance(base, Tensor) else type(base).__name__
+            raise ValueError(f"log_p0 must return one log-density per sample, shape ({x0.shape[0]},); got {got}")
+        if bool(torch.isnan(base).any()):  # -inf is a valid log-density (x0 outside p_0's support); NaN is not
+            raise ValueError("log_p0 returned NaN for some samples")
     return (base - int_div).to(low)

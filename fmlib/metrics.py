@@ -61,10 +61,11 @@ def wasserstein2(x: Tensor, y: Tensor) -> float:
         raise ValueError(f"x and y must have the same feature shape; got {tuple(x.shape[1:])} and {tuple(y.shape[1:])}")
     import ot
 
-    cost, scale = _rescaled(_sq_cost(x, y))
+    unit_cost, unit = _sq_cost(x, y)
+    cost, scale = _rescaled(unit_cost)
     weights_x, weights_y = np.full(x.shape[0], 1 / x.shape[0]), np.full(y.shape[0], 1 / y.shape[0])
     w2sq = float(ot.emd2(weights_x, weights_y, cost, numItermax=10_000_000))
-    return max(w2sq, 0.0) ** 0.5 * scale**0.5
+    return max(w2sq, 0.0) ** 0.5 * scale**0.5 * unit
 
 
 def path_energy(v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, steps: int = 100, method: str = "euler") -> float:

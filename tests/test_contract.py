@@ -137,6 +137,13 @@ TABLE = [
     ("log_likelihood", lambda: log_likelihood(v, X, divergence="trace"), ValueError, "divergence"),
     ("log_likelihood", lambda: log_likelihood(v, X, method="dopri5", rtol=-1.0), ValueError, "rtol"),
     ("log_likelihood", lambda: log_likelihood(v, "x"), TypeError, "x must be"),
+    ("log_likelihood", lambda: log_likelihood(v, X, steps=2, log_p0=lambda x: x.sum()), ValueError, "log_p0"),
+    (
+        "log_likelihood",
+        lambda: log_likelihood(v, X, steps=2, log_p0=lambda x: x[:, 0] * float("nan")),
+        ValueError,
+        "log_p0",
+    ),
     ("divergence", lambda: divergence(v, "x", 0.0), TypeError, "x must be"),
     ("divergence", lambda: divergence(None, X, 0.0), TypeError, "v must be"),
     ("divergence", lambda: divergence(v, X, torch.zeros(3)), ValueError, "t must be"),

@@ -121,3 +121,29 @@ def test_one_dimensional_batches_are_batches_of_scalars():
     assert torch.equal(x1[pi][x0.argsort()], x1.sort().values)
     loss = fmlib.cfm_loss(lambda x, t: torch.zeros_like(x), fmlib.LinearPath(), x1, x0=x0, t=0.5)
     assert torch.allclose(loss, (x1 - x0).pow(2).mean())
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_ot_and_w2_at_extreme_coordinate_scales(scale):
+    # squared coordinates near 1e400 or 1e-400 leave float64; the pairing and W2 / scale must not change
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(40, 2, generator=g, dtype=torch.float64), torch.randn(40, 2, generator=g, dtype=torch.float64)
+    pi = fmlib.ot_assignment(x0, x1)
+    assert torch.equal(fmlib.ot_assignment(scale * x0, scale * x1), pi)
+    w2 = fmlib.wasserstein2(x0, x1)
+    assert fmlib.wasserstein2(scale * x0, scale * x1) / scale == pytest.approx(w2, rel=1e-12)
+    # W2 of the optimal pairing, computed directly
+    assert w2 == pytest.approx(float((x0 - x1[pi]).pow(2).sum(1).mean().sqrt()), rel=1e-12)
+
+
+def test_sinkhorn_reg_is_in_the_units_of_the_squared_coordinates():
+    # the same problem at coordinate scale 1 and 1e100 (reg scaled by 1e200): the same plan, so equally
+    # seeded draws give the same pairs; at scale 1e200, reg = 1 is below float64's range relative to the
+    # squared coordinates (1e400), and the error says so
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(30, 2, generator=g, dtype=torch.float64), torch.randn(30, 2, generator=g, dtype=torch.float64)
+    a = fmlib.sinkhorn_coupling(0.5, generator=torch.Generator().manual_seed(2))(x0, x1)
+    b = fmlib.sinkhorn_coupling(0.5e200, generator=torch.Generator().manual_seed(2))(1e100 * x0, 1e100 * x1)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="reg=1 is out of float64's range"):
+        fmlib.sinkhorn_coupling(1.0)(1e200 * x0, 1e200 * x1)
