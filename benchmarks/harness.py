@@ -274,7 +274,7 @@ def w2_floor(reference: Any, draw: Callable[[], Any], draws: int = 8) -> float:
     independent samples of the same distribution and size (``draw()`` returns one).
 
     A perfect sampler's W2 against ``reference`` has this expectation, so W2 / floor is about 1 for it. One
-    draw alone is a noisy estimate (on the 2D sets at 1000 points its standard deviation is 10-40 % of the
+    draw alone is a noisy estimate (on the 2D sets at 1000 points its standard deviation is 20-40 % of the
     mean); the mean of 8 is 3x less noisy. The W2 is :func:`fmlib.wasserstein2` (exact).
     """
     import fmlib

@@ -1066,7 +1066,8 @@ class SchrodingerBridgePath(ProbPath):
             A :class:`PathSample` (x_t, u_t in x1's dtype; t in the compute dtype).
 
         Raises:
-            ValueError: if x0 and x1 differ in shape or t is outside [0, 1].
+            ValueError: if x0 and x1 differ in shape or t is outside [0, 1], or x_t or u_t overflows x1's
+                dtype (a sigma too large for it, e.g. 1e5 in float16).
             TypeError: if x0 or x1 is not a floating tensor.
         """
         x0, x1 = self._pair(x0, x1)
@@ -1074,7 +1075,14 @@ class SchrodingerBridgePath(ProbPath):
         eps = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device).to(t.dtype)
         x_t = self.mean(x0, x1, t) + unsqueeze_like(self.std(t), x1) * eps
         u_t = (x1 - x0).to(t.dtype) + self.sigma * unsqueeze_like(self._eps_coefficient(t), x1) * eps
-        return PathSample(x_t=x_t.to(x1.dtype), u_t=u_t.to(x1.dtype), t=t, x0=x0, x1=x1)
+        x_t, u_t = x_t.to(x1.dtype), u_t.to(x1.dtype)  # checked after the cast: float16 overflows first
+        if not (bool(torch.isfinite(x_t).all()) and bool(torch.isfinite(u_t).all())):
+            raise ValueError(
+                f"SchrodingerBridgePath(sigma={self.sigma:g}): x_t or u_t overflows {x1.dtype} (the noise "
+                f"sigma sqrt(t (1 - t)) eps and its velocity exceed the dtype's range); use a smaller sigma "
+                "or a wider dtype"
+            )
+        return PathSample(x_t=x_t, u_t=u_t, t=t, x0=x0, x1=x1)
 
     def conditional_velocity(
         self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None

@@ -147,3 +147,14 @@ def test_sinkhorn_reg_is_in_the_units_of_the_squared_coordinates():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="reg=1 is out of float64's range"):
         fmlib.sinkhorn_coupling(1.0)(1e200 * x0, 1e200 * x1)
+
+
+@pytest.mark.parametrize(("dtype", "sigma"), [(torch.float16, 1e5), (torch.float32, 1e39)])
+def test_schrodinger_bridge_sample_reports_an_overflow(dtype, sigma):
+    x0, x1 = torch.zeros(4, 2, dtype=dtype), torch.ones(4, 2, dtype=dtype)
+    path = fmlib.SchrodingerBridgePath(sigma)
+    with pytest.raises(ValueError, match="overflows"):
+        path.sample(x0, x1, 0.5, generator=torch.Generator().manual_seed(0))
+    # a sigma the dtype holds samples finitely
+    s = fmlib.SchrodingerBridgePath(1.0).sample(x0, x1, 0.5, generator=torch.Generator().manual_seed(0))
+    assert s.x_t.dtype == dtype and torch.isfinite(s.x_t).all() and torch.isfinite(s.u_t).all()
