@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MultipleLocator
 
 from fmlib.plotting import MAX_FIGURE_WIDTH, use_book_style
 
@@ -273,7 +274,7 @@ COUPLINGS = {"cost": coupling_cost, "training": coupling_training}
 
 
 # ------------------------------------------------------------------------------------------------ training recipes
-_RECIPE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_RECIPE_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<")
 
 
 def _recipe_styles(result: dict) -> dict[str, tuple[str, str, str]]:
@@ -308,13 +309,14 @@ def recipe_quality(result: dict) -> Figure:
         ax.axvline(1.0, color="k", lw=0.8)
         ax.axvline(1.5, color="k", lw=0.8, ls="--")
         ax.set_xlim(0, hi * 1.08)
+        ax.xaxis.set_major_locator(MultipleLocator(0.5))
         ax.set_title(TASK_LABELS.get(f"gauss_to_{t}", t))
-        ax.set_xlabel("W2 / floor (1: floor, dashed: 1.5)")
+    fig.supxlabel("W2 / floor (solid: the floor, dashed: 1.5 x floor)")
     axes[0, 0].set_yticks(y, [styles[r][0] for r in recipes])
     axes[0, 0].set_ylim(-0.6, len(recipes) - 0.4)
     cfg = result["config"]
     fig.suptitle(
-        f"After {cfg['steps']:,} steps at batch {cfg['batch_size']}, {len(cfg['seeds'])} seeds, "
+        f"{cfg['steps']:,} steps (equal wall time: more), batch {cfg['batch_size']}, {len(cfg['seeds'])} seeds, "
         f"{cfg['euler_steps']} Euler steps"
     )
     return fig
