@@ -67,7 +67,7 @@ from .solvers import (
     rk4_step,
     time_grid,
 )
-from .training import TrainingRecord, lr_schedule, train, train_conditional
+from .training import PRECISIONS, Recipe, TrainingRecord, lr_schedule, train
 
 __version__ = "0.1.0"
 
@@ -115,6 +115,8 @@ __all__ = [
     "straightness",
     "MLP",
     "train",
+    "Recipe",
+    "PRECISIONS",
     "TrainingRecord",
     "lr_schedule",
     "EMA",
@@ -122,7 +124,6 @@ __all__ = [
     "DigitsSplit",
     "DigitUNet",
     "drop_labels",
-    "train_conditional",
     "cfg_combine",
     "guided_velocity",
     "DigitClassifier",

@@ -245,40 +245,77 @@ def cfm_loss(
     if weights is not None:
         weights = _check_weights(weights, batch, x1.device)
     if coupling is not None:
-        paired = coupling(x0, x1)
-        if isinstance(paired, Tensor):
-            pi = _check_permutation(paired, batch).to(x1.device)
-            x1 = x1[pi]
-            if cond is not None:
-                cond = cond[pi.to(cond.device)]
-            if weights is not None:
-                weights = weights[pi]
-        elif isinstance(paired, tuple) and len(paired) == 2 and all(isinstance(p, Tensor) for p in paired):
-            if cond is not None or weights is not None:
-                raise ValueError(
-                    "coupling must return an index tensor pi (x1[pi] paired with x0) when cond or weights are "
-                    "given, so that they follow their rows; it returned a pair (x0, x1) "
-                    "(use fmlib.ot_assignment rather than fmlib.minibatch_ot)"
-                )
-            shape = tuple(x1.shape)
-            x0, x1 = paired
-            if tuple(x0.shape) != shape or tuple(x1.shape) != shape:
-                raise ValueError(
-                    f"coupling must return (x0, x1) of the batch's shape {shape}, re-paired, not fewer rows; "
-                    f"got {tuple(x0.shape)} and {tuple(x1.shape)}"
-                )
-        else:
-            raise TypeError(
-                f"coupling must return an int64 index tensor of shape ({batch},); got {type(paired).__name__}"
-            )
+        x0, x1, cond, weights = apply_coupling(coupling, x0, x1, cond, weights)
     if t is None:
         t = sample_times(time_sampler, batch, generator, torch.promote_types(x1.dtype, torch.float32), x1.device)
     t = as_time(t, x1)
+    return regression_loss(model, path, x0, x1, t, cond, generator=generator, weights=weights, prediction=prediction)
+
+
+def apply_coupling(
+    coupling: Callable[[Tensor, Tensor], Any],
+    x0: Tensor,
+    x1: Tensor,
+    cond: Tensor | None,
+    weights: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Re-pair a minibatch with ``coupling(x0, x1)``; the rows of cond and weights follow their x1.
+
+    Returns (x0, x1, cond, weights) after pairing. Raises as documented in :func:`cfm_loss`.
+    """
+    batch = x1.shape[0]
+    paired = coupling(x0, x1)
+    if isinstance(paired, Tensor):
+        pi = _check_permutation(paired, batch).to(x1.device)
+        x1 = x1[pi]
+        if cond is not None:
+            cond = cond[pi.to(cond.device)]
+        if weights is not None:
+            weights = weights[pi]
+        return x0, x1, cond, weights
+    if isinstance(paired, tuple) and len(paired) == 2 and all(isinstance(p, Tensor) for p in paired):
+        if cond is not None or weights is not None:
+            raise ValueError(
+                "coupling must return an index tensor pi (x1[pi] paired with x0) when cond or weights are "
+                "given, so that they follow their rows; it returned a pair (x0, x1) "
+                "(use fmlib.ot_assignment rather than fmlib.minibatch_ot)"
+            )
+        shape = tuple(x1.shape)
+        x0, x1 = paired
+        if tuple(x0.shape) != shape or tuple(x1.shape) != shape:
+            raise ValueError(
+                f"coupling must return (x0, x1) of the batch's shape {shape}, re-paired, not fewer rows; "
+                f"got {tuple(x0.shape)} and {tuple(x1.shape)}"
+            )
+        return x0, x1, cond, weights
+    raise TypeError(f"coupling must return an int64 index tensor of shape ({batch},); got {type(paired).__name__}")
+
+
+def regression_loss(
+    model: Callable[..., Tensor],
+    path: ProbPath,
+    x0: Tensor,
+    x1: Tensor,
+    t: Tensor,
+    cond: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    weights: Tensor | None = None,
+    prediction: str = "velocity",
+    check_output: bool = True,
+) -> Tensor:
+    """The core of :func:`cfm_loss` on checked, paired inputs: ``mean_b w_b |model(x_t, t[, cond]) - target|^2``.
+
+    t has shape (B,). The model's output is compared in the target's dtype, so a forward pass under
+    ``torch.autocast`` still gives a float32 loss. ``check_output=False`` skips the output's shape check
+    (:func:`~fmlib.train` checks the first step only).
+    """
     s = path.sample(x0, x1, t, generator=generator)
     out = model(s.x_t, s.t) if cond is None else model(s.x_t, s.t, cond)
-    pred = check_velocity_output(out, s.x_t, "model(x_t, t)" if cond is None else "model(x_t, t, cond)")
+    if check_output:
+        check_velocity_output(out, s.x_t, "model(x_t, t)" if cond is None else "model(x_t, t, cond)")
     target = s.u_t if prediction == "velocity" else path.target(s, prediction)  # type: ignore[attr-defined]
-    per_row = (pred - target).reshape(pred.shape[0], -1).pow(2).sum(dim=1)
+    per_row = (out.to(target.dtype) - target).reshape(target.shape[0], -1).pow(2).sum(dim=1)
     if weights is not None:
         per_row = per_row * weights.to(per_row.dtype)
     return per_row.mean()
