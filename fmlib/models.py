@@ -106,7 +106,7 @@ class DigitUNet(nn.Module):
     "no class"); their sum is the conditioning vector. The output layer starts at zero, so the untrained
     field is 0.
 
-    Label dropout (training with the null label) is not done here but in :func:`train_conditional`.
+    Label dropout (training with the null label) is not done here but in :func:`~fmlib.train` (``p_uncond=``).
 
     Args:
         num_classes: number of classes; the null label is ``num_classes``.
