@@ -77,7 +77,9 @@ class EMA:
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0
-        self._params = list(model.parameters())
+        named = list(model.named_parameters())
+        self._names = [name for name, _ in named]
+        self._params = [p for _, p in named]
         if not self._params:
             raise ValueError(f"model must have parameters to average; {type(model).__name__} has none")
         self.shadow = [p.detach().to(torch.promote_types(p.dtype, torch.float32)).clone() for p in self._params]
@@ -122,31 +124,46 @@ class EMA:
                     p.copy_(s)
 
     def state_dict(self) -> dict[str, Any]:
-        """The averages, the decay and the update count (save it beside the model's state dict)."""
+        """The averages keyed by parameter name, the decay and the update count (save it beside the model's).
+
+        Keys are names, not positions, so a model whose layers are registered in another order loads the
+        right average into each parameter.
+        """
         return {
             "decay": self.decay,
             "warmup": self.warmup,
             "num_updates": self.num_updates,
-            "shadow": [s.clone() for s in self.shadow],
+            "shadow": {name: s.clone() for name, s in zip(self._names, self.shadow)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned.
 
         Raises:
-            ValueError: if the averages do not match the tracked model's parameter shapes.
+            ValueError: if the state lacks a key, or its averages' names or shapes differ from the tracked
+                model's parameters (the mismatched names are listed); nothing is changed then.
         """
         missing = {"shadow", "decay", "warmup", "num_updates"} - set(state)
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}; pass what EMA.state_dict() returned")
         _check_decay(state["decay"])
         shadow = state["shadow"]
-        if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
-            raise ValueError("state must hold one average per parameter of the tracked model, of the same shapes")
+        if not isinstance(shadow, dict):
+            raise ValueError("state['shadow'] must map parameter names to averages; pass what EMA.state_dict() returned")
+        mine = dict(zip(self._names, self.shadow))
+        only_state, only_model = sorted(set(shadow) - set(mine)), sorted(set(mine) - set(shadow))
+        if only_state or only_model:
+            raise ValueError(
+                f"state must hold one average per parameter of the tracked model; names only in the state: "
+                f"{only_state[:5]}, only in the model: {only_model[:5]}"
+            )
+        shapes = [n for n in self._names if tuple(shadow[n].shape) != tuple(mine[n].shape)]
+        if shapes:
+            raise ValueError(f"state must hold averages of the tracked model's shapes; these differ: {shapes[:5]}")
         self.decay = float(state["decay"])
         self.warmup = bool(state["warmup"])
         self.num_updates = int(state["num_updates"])
-        self.shadow = [s.detach().to(dtype=b.dtype, device=b.device).clone() for s, b in zip(shadow, self.shadow)]
+        self.shadow = [shadow[n].detach().to(dtype=b.dtype, device=b.device).clone() for n, b in zip(self._names, self.shadow)]
 
     def __repr__(self) -> str:
         return f"EMA(decay={self.decay:g}, warmup={self.warmup}, num_updates={self.num_updates})"

@@ -109,10 +109,33 @@ def test_ema_state_round_trip_continues_identically():
     _run_sequence(a, a_model, thetas[2:])
     _run_sequence(b, b_model, thetas[2:])
     assert float(a.shadow[0]) == float(b.shadow[0])
-    state["shadow"][0].fill_(123.0)  # the state is a copy
+    state["shadow"]["w"].fill_(123.0)  # the state is a copy
     assert float(a.shadow[0]) != 123.0
-    with pytest.raises(ValueError, match="one average per parameter"):
+    with pytest.raises(ValueError, match=r"one average per parameter.*only in the state: \['w'\]"):
         EMA(MLP(2, hidden=4, depth=1)).load_state_dict(state)
+
+
+def test_ema_state_is_keyed_by_name_so_reordered_layers_load_their_own_averages():
+    class AB(torch.nn.Module):
+        def __init__(self, first):
+            super().__init__()
+            for name in (first, "b" if first == "a" else "a"):  # registration order decides the position
+                self.add_module(name, torch.nn.Linear(2, 2, bias=False))
+
+    ab, ba = AB("a"), AB("b")
+    with torch.no_grad():
+        ab.a.weight.fill_(1.0)
+        ab.b.weight.fill_(2.0)
+    state = EMA(ab, 0.9).state_dict()
+    ema = EMA(ba, 0.9)
+    ema.load_state_dict(state)
+    with ema.averaged():
+        assert float(ba.a.weight[0, 0]) == 1.0 and float(ba.b.weight[0, 0]) == 2.0
+    state["shadow"]["c.weight"] = state["shadow"].pop("b.weight")
+    before = [s.clone() for s in ema.shadow]
+    with pytest.raises(ValueError, match=r"only in the state: \['c.weight'\], only in the model: \['b.weight'\]"):
+        ema.load_state_dict(state)
+    assert all(torch.equal(x, y) for x, y in zip(before, ema.shadow))
 
 
 def test_ema_keeps_half_precision_averages_in_float32():
