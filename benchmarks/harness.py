@@ -67,8 +67,10 @@ META_KEYS = (
     "versions",
     "wall_seconds",
 )
-"""The keys of every result's ``"meta"`` entry (``versions`` maps each library's import name to its version)."""
+"""The keys of every result's ``"meta"`` entry (``versions`` maps each library's import name to its version).
 
+Results also carry ``load_start`` and ``load_end`` (the 1-minute load
+average), ``cores_used`` and ``quiet`` (see :func:`is_quiet`)."""
 BASE_LIBRARIES = ("torch", "numpy", "fmlib")
 
 
@@ -140,7 +142,23 @@ def metadata(
         "torch_threads": torch.get_num_threads() if threads is None else threads,
         "versions": versions(libraries),
         "wall_seconds": None,
+        "load_start": load_average(),
+        "cores_used": torch.get_num_threads() if threads is None else threads,
     }
+
+
+def load_average() -> float:
+    """The 1-minute load average of the machine (runnable processes, averaged)."""
+    return os.getloadavg()[0]
+
+
+def is_quiet(meta: dict[str, Any]) -> bool:
+    """A run was quiet when the load, at its start and its end, stayed within the cores it used plus 0.5.
+
+    The load includes the run itself, so a one-thread run on an otherwise idle machine reads about 1. Under more
+    load the timings (and every ratio of timings) are distorted, not just noisy: such results are not shown.
+    """
+    return max(meta["load_start"], meta["load_end"]) <= meta["cores_used"] + 0.5
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
@@ -199,6 +217,9 @@ def save(result: dict[str, Any], out: str | Path) -> Path:
     meta = result["meta"]
     if "_start" in meta:
         meta["wall_seconds"] = time.perf_counter() - meta["_start"]
+    if "load_start" in meta:
+        meta["load_end"] = load_average()
+        meta["quiet"] = is_quiet(meta)
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"result['meta'] lacks {missing}")
