@@ -277,12 +277,18 @@ class _GlobalBatches(Sampler[list[int]]):
 
 
 def _split_item(batch: object, where: str) -> tuple[Tensor, Tensor | None]:
-    """A batch (or item) is x1 or (x1, y)."""
+    """A batch (or item) is x1, (x1,) as a TensorDataset gives it, or (x1, y) with y a tensor or an int label."""
     if isinstance(batch, Tensor):
         return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(b, Tensor) for b in batch):
-        return batch[0], batch[1]
-    raise TypeError(f"{where} must yield x1 or (x1, y) as tensors; got {type(batch).__name__}")
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2) and isinstance(batch[0], Tensor):
+        if len(batch) == 1:
+            return batch[0], None
+        y = batch[1]
+        if isinstance(y, int) and not isinstance(y, bool):
+            return batch[0], torch.tensor(y)
+        if isinstance(y, Tensor):
+            return batch[0], y
+    raise TypeError(f"{where} must yield x1 or (x1, y) as tensors (y may be an int label); got {type(batch).__name__}")
 
 
 def _cycle_loader(loader: DataLoader, start_step: int) -> Iterator[object]:

@@ -645,3 +645,21 @@ def test_a_dataset_of_the_wrong_items_is_refused():
     ragged = torch.utils.data.DataLoader(Ragged(torch.zeros(8, 2)), batch_size=4)
     with pytest.raises(ValueError, match=r"data must yield x1 of shape \(b, 2\); got \(4, 3\)"):
         train(Recorder(), LinearPath(), ragged, steps=4, progress=False)
+
+
+def test_dataset_items_may_be_one_tuples_or_carry_int_labels():
+    x = torch.arange(12.0)[:, None].repeat(1, 2)
+    model = Recorder()
+    train(model, LinearPath(), torch.utils.data.TensorDataset(x), steps=2, batch_size=4, recipe=AT_ONE,
+          generator=torch.Generator().manual_seed(0), progress=False)
+    assert all(y is None for _, _, y in model.calls)
+
+    class IntLabels(Pairs):
+        def __getitem__(self, i):
+            return self.x[i], int(self.x[i, 0]) % 3
+
+    model = Recorder()
+    train(model, LinearPath(), IntLabels(x), steps=2, batch_size=4, recipe=AT_ONE,
+          generator=torch.Generator().manual_seed(0), progress=False)
+    for x_, _, y_ in model.calls:
+        assert torch.equal(x_[:, 0].long() % 3, y_)
