@@ -328,7 +328,7 @@ def long_reference(cfg: Config, log) -> dict:
     for task in ref.tasks:
         source, target = TASKS[task]
         if source is not None:
-            raise ValueError(f"the long reference uses fmlib.train, whose source is N(0, I); {task!r} is not")
+            raise ValueError(f"the long reference trains from fresh N(0, I) noise; {task!r} has another source")
         gen = torch.Generator().manual_seed(1000 * ref.seed + list(TASKS).index(task))
         pool = draw(target, cfg.n_train, gen)
         x1_eval = draw(target, cfg.n_eval, gen)
@@ -342,10 +342,8 @@ def long_reference(cfg: Config, log) -> dict:
                 fmlib.LinearPath(0.0),
                 pool,
                 ref.steps,
+                recipe=fmlib.Recipe.constant(cfg.lr),  # the recipe of the stored results: plain Adam at a constant rate
                 batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                schedule="constant",  # the recipe of the stored results: plain Adam at a constant rate
-                ema=None,
                 generator=gen,
                 progress=False,
             )

@@ -23,8 +23,8 @@ measured too), the variants run in interleaved blocks of steps (order rotated ev
 and batches, and the median block time per step is compared with the baseline's.
 
 The result has the common ``meta`` and ``config`` entries of :mod:`benchmarks.harness` (the configuration is
-:class:`Config`, with the recipes' keyword arguments and labels stored beside it); a result merged from partial runs
-(``--merge``) lists their command lines in ``merged_from``.
+:class:`Config`, with the recipes' ``fmlib.Recipe`` arguments and labels stored beside it); a result merged from
+partial runs (``--merge``) lists their command lines in ``merged_from``.
 
 Usage (from the repository root):
     python benchmarks/training_recipes.py               # 5 seeds x 3 tasks x (2 recipes + 4 library runs), ~10 min
@@ -52,7 +52,7 @@ from benchmarks import adapters, harness  # noqa: E402
 
 # task -> (fmlib.DATASETS name, task index in compare_2d.py's TASKS: its generator seeds)
 TASKS = {"moons": ("moons", 1), "s_curve": ("s_curve", 2), "8gaussians": ("8gaussians", 0)}
-# recipe -> keyword arguments of fmlib.train (besides model, path, data, steps, batch_size, generator)
+# recipe -> keyword arguments of the fmlib.Recipe that fmlib.train runs (the data, batch size and generator are common)
 RECIPES = {
     "constant_3e-3": dict(lr=3e-3, schedule="constant", ema=None),
     "constant": dict(lr=3e-2, schedule="constant", ema=None),
@@ -72,7 +72,8 @@ RECIPE_LABELS = {
 # library -> label of its default recipe (constant Adam at 1e-3 with its own loss), at equal steps / wall time
 LIBRARY_LABELS = {"torchcfm": "torchcfm example loop", "flow_matching": "flow_matching example loop"}
 BUDGETS = {"steps": "equal steps", "time": "equal wall time"}
-# option -> keyword arguments added to the constant-rate baseline for the step-time measurement
+# option -> keyword arguments of the fmlib.Recipe of the step-time measurement (each at lr 3e-3): one option at a time
+# on top of the constant-rate baseline
 OPTIONS = {
     "baseline": dict(schedule="constant", ema=None),
     "ema": dict(schedule="constant", ema=0.999),
@@ -132,7 +133,7 @@ def library_runs(cfg: Config) -> list[str]:
 
 
 def description(cfg: Config) -> dict:
-    """What the result's ``config`` stores beside the Config: the recipes' and timing options' arguments."""
+    """What the result's ``config`` stores beside the Config: the recipes' and timing options' Recipe arguments."""
     lib_labels = {f"{lib}@{b}": f"{LIBRARY_LABELS[lib]}, {BUDGETS[b]}" for lib in cfg.libraries for b in BUDGETS}
     return {
         "recipes_kwargs": {k: {a: str(b) for a, b in RECIPES[k].items()} for k in cfg.recipes},
@@ -174,12 +175,12 @@ def run(task: str, seed: int, recipe: str, cfg: Config) -> dict:
         fmlib.LinearPath(0.0),
         d["pool"],
         cfg.steps,
+        recipe=fmlib.Recipe(**RECIPES[recipe]),
         batch_size=cfg.batch_size,
         generator=d["gen"],
         progress=False,
         eval_every=cfg.eval_every,
         callback=w2_now,
-        **RECIPES[recipe],
     )
     # the returned model (averaged weights when EMA is on), sampled directly
     w2 = w2_now(cfg.steps, model)
@@ -272,10 +273,10 @@ def step_times(cfg: Config) -> dict:
                 path,
                 d["pool"],
                 n,
+                recipe=fmlib.Recipe(**{"lr": 3e-3, **OPTIONS[o]}),
                 batch_size=cfg.batch_size,
                 generator=torch.Generator().manual_seed(block),
                 progress=False,
-                **{"lr": 3e-3, **OPTIONS[o]},
             )
             if block:
                 per_block[o].append(1e3 * rec.seconds / n)
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=None)
     parser.add_argument("--recipes", nargs="+", default=None)
-    parser.add_argument("--extra", default=None, help='more recipes as JSON: {"name": {train kwargs}}')
+    parser.add_argument("--extra", default=None, help='more recipes as JSON: {"name": {fmlib.Recipe kwargs}}')
     parser.add_argument("--eval-every", type=int, default=None, help="period of the W2 curve (steps)")
     parser.add_argument("--timing-only", action="store_true", help="only the step-time measurements")
     parser.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")

@@ -61,8 +61,14 @@ class Config:
     @classmethod
     def smoke(cls) -> Config:
         return cls(
-            overhead_block_steps=10, overhead_rounds=2, image_steps=6, image_timing_steps=3, image_channels=8,
-            precisions=("fp32", "bf16"), ddp_steps=4, ddp_warmup=2,
+            overhead_block_steps=10,
+            overhead_rounds=2,
+            image_steps=6,
+            image_timing_steps=3,
+            image_channels=8,
+            precisions=("fp32", "bf16"),
+            ddp_steps=4,
+            ddp_warmup=2,
         )
 
 
@@ -108,16 +114,30 @@ def measure_overhead(cfg: Config, log) -> dict:
     times = {"fmlib.train": [], "bare loop": []}
 
     def run_fmlib():
-        fmlib.train(copy.deepcopy(base), fmlib.LinearPath(), data, n, batch_size=512,
-                    generator=torch.Generator().manual_seed(1), progress=False)
+        fmlib.train(
+            copy.deepcopy(base),
+            fmlib.LinearPath(),
+            data,
+            n,
+            batch_size=512,
+            generator=torch.Generator().manual_seed(1),
+            progress=False,
+        )
 
     def run_bare():
         bare_loop(copy.deepcopy(base), data, n, torch.Generator().manual_seed(1))
 
     # the same steps: identical losses show that the bare loop does the same work
     torch.manual_seed(0)
-    a = fmlib.train(copy.deepcopy(base), fmlib.LinearPath(), data, n, batch_size=512,
-                    generator=torch.Generator().manual_seed(1), progress=False)
+    a = fmlib.train(
+        copy.deepcopy(base),
+        fmlib.LinearPath(),
+        data,
+        n,
+        batch_size=512,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
     b = bare_loop(copy.deepcopy(base), data, n, torch.Generator().manual_seed(1))
     max_rel = float(((torch.tensor(list(a)) - b).abs() / b.abs()).max())
     run_fmlib(), run_bare()  # warm-up
@@ -129,9 +149,15 @@ def measure_overhead(cfg: Config, log) -> dict:
             times[name].append((time.perf_counter() - start) / n)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["fmlib.train"] / med["bare loop"]
-    log(f"overhead: fmlib.train {1e3 * med['fmlib.train']:.3f} ms/step, bare {1e3 * med['bare loop']:.3f}: {ratio:.3f}x")
-    return {"ms_per_step": {k: 1e3 * v for k, v in med.items()}, "all_ms_per_step": {k: [1e3 * x for x in v] for k, v in times.items()},
-            "ratio": ratio, "losses_max_relative_difference": max_rel}
+    log(
+        f"overhead: fmlib.train {1e3 * med['fmlib.train']:.3f} ms/step, bare {1e3 * med['bare loop']:.3f}: {ratio:.3f}x"
+    )
+    return {
+        "ms_per_step": {k: 1e3 * v for k, v in med.items()},
+        "all_ms_per_step": {k: [1e3 * x for x in v] for k, v in times.items()},
+        "ratio": ratio,
+        "losses_max_relative_difference": max_rel,
+    }
 
 
 # -- 2. precision and compilation ----------------------------------------------------------------------------------
@@ -158,22 +184,40 @@ def measure_precision(cfg: Config, log) -> dict:
     rows = {}
     for variant in cfg.precisions:
         precision, _, compiled = variant.partition("+")
-        kw = dict(recipe=fmlib.Recipe(lr=1e-3), batch_size=cfg.image_batch, cond=y, p_uncond=0.2, progress=False,
-                  precision=precision, compile=bool(compiled))
+        kw = dict(
+            recipe=fmlib.Recipe(lr=1e-3),
+            batch_size=cfg.image_batch,
+            cond=y,
+            p_uncond=0.2,
+            progress=False,
+            precision=precision,
+            compile=bool(compiled),
+        )
         # timing: a short run after a warm-up run (which pays for compilation)
         model = image_model(cfg)
         fmlib.train(model, fmlib.LinearPath(), x, 3, generator=torch.Generator().manual_seed(2), **kw)
         start = time.perf_counter()
-        fmlib.train(model, fmlib.LinearPath(), x, cfg.image_timing_steps, generator=torch.Generator().manual_seed(3), **kw)
+        fmlib.train(
+            model, fmlib.LinearPath(), x, cfg.image_timing_steps, generator=torch.Generator().manual_seed(3), **kw
+        )
         step = (time.perf_counter() - start) / cfg.image_timing_steps
         # quality: the full run from the common initial weights
         model = image_model(cfg)
         start = time.perf_counter()
-        rec = fmlib.train(model, fmlib.LinearPath(), x, cfg.image_steps, generator=torch.Generator().manual_seed(1), **kw)
+        rec = fmlib.train(
+            model, fmlib.LinearPath(), x, cfg.image_steps, generator=torch.Generator().manual_seed(1), **kw
+        )
         total = time.perf_counter() - start
-        rows[variant] = {"ms_per_step": 1e3 * step, "run_seconds": total, "held_out_loss": held_out_loss(model, xt, yt),
-                         "final_train_loss": statistics.fmean(rec[-20:])}
-        log(f"{variant}: {1e3 * step:.1f} ms/step, run {total:.1f} s, held-out loss {rows[variant]['held_out_loss']:.4f}")
+        rows[variant] = {
+            "ms_per_step": 1e3 * step,
+            "run_seconds": total,
+            "held_out_loss": held_out_loss(model, xt, yt),
+            "final_train_loss": statistics.fmean(rec[-20:]),
+        }
+        log(
+            f"{variant}: {1e3 * step:.1f} ms/step, run {total:.1f} s, "
+            f"held-out loss {rows[variant]['held_out_loss']:.4f}"
+        )
     ref = rows["fp32"]
     for row in rows.values():
         row["step_time_ratio"] = row["ms_per_step"] / ref["ms_per_step"]
@@ -220,8 +264,12 @@ def measure_ddp(cfg: Config, log) -> dict:
         two = float(Path(out).read_text())
     ratio = one / two
     log(f"DDP: 1 process x 2 threads {one:.2f} s, 2 processes x 1 thread {two:.2f} s: throughput ratio {ratio:.2f}")
-    return {"one_process_two_threads_seconds": one, "two_processes_one_thread_seconds": two, "throughput_ratio": ratio,
-            "steps": cfg.ddp_steps}
+    return {
+        "one_process_two_threads_seconds": one,
+        "two_processes_one_thread_seconds": two,
+        "throughput_ratio": ratio,
+        "steps": cfg.ddp_steps,
+    }
 
 
 def main(argv=None):

@@ -149,7 +149,9 @@ class EMA:
         _check_decay(state["decay"])
         shadow = state["shadow"]
         if not isinstance(shadow, dict):
-            raise ValueError("state['shadow'] must map parameter names to averages; pass what EMA.state_dict() returned")
+            raise ValueError(
+                "state['shadow'] must map parameter names to averages; pass what EMA.state_dict() returned"
+            )
         mine = dict(zip(self._names, self.shadow))
         only_state, only_model = sorted(set(shadow) - set(mine)), sorted(set(mine) - set(shadow))
         if only_state or only_model:
@@ -163,7 +165,9 @@ class EMA:
         self.decay = float(state["decay"])
         self.warmup = bool(state["warmup"])
         self.num_updates = int(state["num_updates"])
-        self.shadow = [shadow[n].detach().to(dtype=b.dtype, device=b.device).clone() for n, b in zip(self._names, self.shadow)]
+        self.shadow = [
+            shadow[n].detach().to(dtype=b.dtype, device=b.device).clone() for n, b in zip(self._names, self.shadow)
+        ]
 
     def __repr__(self) -> str:
         return f"EMA(decay={self.decay:g}, warmup={self.warmup}, num_updates={self.num_updates})"

@@ -299,9 +299,9 @@ def _cycle_loader(loader: DataLoader, start_step: int) -> Iterator[object]:
         per_epoch = 0
     epoch, skip = divmod(start_step, per_epoch) if per_epoch else (0, 0)
     while True:
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler reshuffles per epoch
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:  # DistributedSampler reshuffles per epoch
+            set_epoch(epoch)
         empty = True
         for i, batch in enumerate(loader):
             empty = False
@@ -568,13 +568,15 @@ def train(
             first = next(iter(loader))
         else:
             if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-                raise TypeError("data must be a map-style Dataset (with __len__); wrap an IterableDataset in a DataLoader")
+                raise TypeError(
+                    "data must be a map-style Dataset (with __len__); wrap an IterableDataset in a DataLoader"
+                )
             first = data[0]
         x_first, y_first = _split_item(first, "data")
         feature_shape = tuple(x_first.shape[1:] if isinstance(data, DataLoader) else x_first.shape)
         if not x_first.is_floating_point():
             raise TypeError(f"data must yield floating-point x1; got dtype {x_first.dtype}")
-        n = len(data) if isinstance(data, Dataset) else 0
+        n = len(data) if isinstance(data, Dataset) else 0  # type: ignore[arg-type]
     else:
         raise TypeError(f"data must be a tensor, a torch.utils.data.Dataset or a DataLoader; got {type(data).__name__}")
     if params and model_device.type != device.type:
@@ -627,34 +629,43 @@ def train(
         data_seed = int(torch.randint(0, 2**62, (), generator=generator, device=device))
     forward: nn.Module = model
     if world > 1:
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        ids = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None
+        )
         forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compiled:
         forward = torch.compile(forward)  # type: ignore[assignment]
 
     # -- one global minibatch per step ----------------------------------------------------------------------
-    B = batch_size
-    rows = slice(rank * (B // world), (rank + 1) * (B // world)) if B is not None else None
+    B = batch_size if batch_size is not None else 0  # 0: the DataLoader decides
+    rows = slice(rank * (B // world), (rank + 1) * (B // world))
+    tensor_data = data if isinstance(data, Tensor) else None
     stream: Iterator[object] | None = None
     if loader is not None:
         stream = _cycle_loader(loader, start)
-    elif isinstance(data, Dataset) and not isinstance(data, Tensor):
+    elif tensor_data is None:
+        assert data_seed is not None
         sampler = _GlobalBatches(n, B, data_seed, start, rank, world)
-        stream = iter(DataLoader(data, batch_sampler=sampler))
+        stream = iter(DataLoader(data, batch_sampler=sampler))  # type: ignore[arg-type]
     time_dtype = None
     checked_model = False
 
     def next_batch() -> tuple[Tensor, Tensor | None, Tensor | None, int]:
         """This rank's x1, y, x0 (None: draw noise) and the global batch size."""
-        if stream is None:
+        if tensor_data is not None:
             idx = torch.randint(0, n, (B,), generator=generator, device=device)[rows]
-            x1 = data[idx]
+            x1 = tensor_data[idx]
             return x1, (None if cond is None else cond[idx]), (None if source is None else source[idx]), B
+        assert stream is not None
         x1, y = _split_item(next(stream), "data")
         if x1.requires_grad:
             raise ValueError("data must not carry an autograd graph; encode it under torch.no_grad() or detach it")
         if tuple(x1.shape[1:]) != feature_shape or not x1.is_floating_point():
-            raise ValueError(f"data must yield x1 of shape (b, {', '.join(map(str, feature_shape))}); got {tuple(x1.shape)}")
+            raise ValueError(
+                f"data must yield x1 of shape (b, {', '.join(map(str, feature_shape))}); got {tuple(x1.shape)}"
+            )
         x1 = x1.to(device, non_blocking=True)
         if y is not None:
             y = _check_cond(y, x1.shape[0], num_classes, "data's labels").to(device)
@@ -702,7 +713,14 @@ def train(
             return regression_loss(model, path, ex0, eval_x, et, eval_y, generator=torch.Generator(device))
 
     model.train()
-    bar = tqdm(range(start, steps), disable=not progress or rank != 0, desc="training", mininterval=1.0, initial=start, total=steps)
+    bar = tqdm(
+        range(start, steps),
+        disable=not progress or rank != 0,
+        desc="training",
+        mininterval=1.0,
+        initial=start,
+        total=steps,
+    )
     for k in bar:
         lrs.append(optimizer.param_groups[0]["lr"])
         loss = step_loss()
@@ -710,7 +728,7 @@ def train(
         scaler.scale(loss).backward()
         if norms is not None:
             scaler.unscale_(optimizer)
-            norms[k] = torch.nn.utils.clip_grad_norm_(trainable, float(recipe.clip_grad_norm)).detach()
+            norms[k] = torch.nn.utils.clip_grad_norm_(trainable, recipe.clip_grad_norm or 0.0).detach()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()

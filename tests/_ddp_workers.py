@@ -19,8 +19,15 @@ def problem():
 
 def run_train(model, data, recipe, checkpoint_dir=None):
     return fmlib.train(
-        model, fmlib.GaussianPath(), data, steps=30, batch_size=64, recipe=recipe, checkpoint_dir=checkpoint_dir,
-        generator=torch.Generator().manual_seed(1), progress=False,
+        model,
+        fmlib.GaussianPath(),
+        data,
+        steps=30,
+        batch_size=64,
+        recipe=recipe,
+        checkpoint_dir=checkpoint_dir,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
     )
 
 

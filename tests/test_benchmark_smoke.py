@@ -149,10 +149,14 @@ def test_marginal_smoke_writes_the_common_metadata(tmp_path):
 
 
 def test_chapter_cell_steps_are_replaced_in_the_fmlib_train_call():
-    tree = ast.parse("losses = fmlib.train(model, path, data, steps=2500, batch_size=256)\nother(steps=3)")
+    tree = ast.parse(
+        "losses = fmlib.train(model, path, data, steps=2500, recipe=fmlib.Recipe.constant(3e-3), batch_size=256)\n"
+        "other(steps=3)"
+    )
     edit = sampling._TrainSteps(7)
     source = ast.unparse(edit.visit(tree))
     assert edit.replaced == 1 and "steps=7" in source and "other(steps=3)" in source
+    assert "recipe=fmlib.Recipe.constant(0.003)" in source
 
 
 # ------------------------------------------------------------------------------------------------ couplings

@@ -11,6 +11,7 @@ from fmlib import (
     DigitClassifier,
     DigitUNet,
     GaussianPath,
+    Recipe,
     cfg_combine,
     cfm_loss,
     drop_labels,
@@ -21,7 +22,7 @@ from fmlib import (
     integrate,
     load_digits_split,
     nearest_distances,
-    train_conditional,
+    train,
 )
 from fmlib.data import NUM_CLASSES
 
@@ -231,8 +232,17 @@ def test_a_few_training_steps_lower_the_loss(split):
             return cfm_loss(lambda xt, t: model(xt, t, y), path, x, generator=g).item()
 
     before = fixed_loss()
-    losses = train_conditional(
-        model, path, x, y, steps=25, batch_size=64, lr=3e-3, generator=torch.Generator().manual_seed(0), progress=False
+    losses = train(
+        model,
+        path,
+        x,
+        25,
+        cond=y,
+        p_uncond=0.2,
+        recipe=Recipe(lr=3e-3),
+        batch_size=64,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
     )
     after = fixed_loss()
     assert len(losses) == 25 and all(math.isfinite(v) for v in losses)
@@ -246,12 +256,14 @@ def test_training_is_reproducible(split):
     for _ in range(2):
         model = small_model()
         runs.append(
-            train_conditional(
+            train(
                 model,
                 path,
                 split.x_train,
-                split.y_train,
-                steps=3,
+                3,
+                cond=split.y_train,
+                p_uncond=0.2,
+                recipe=Recipe(lr=1e-3),
                 batch_size=16,
                 generator=torch.Generator().manual_seed(3),
                 progress=False,
@@ -262,16 +274,17 @@ def test_training_is_reproducible(split):
 
 def test_training_argument_errors(split):
     path, model = GaussianPath(), small_model()
-    with pytest.raises(ValueError, match="labels"):
-        train_conditional(model, path, split.x_train[:4], torch.tensor([0, 1, 2, 10]), steps=1, progress=False)
-    with pytest.raises(ValueError, match="labels"):
-        train_conditional(model, path, split.x_train[:4], torch.tensor([0, 1, 2]), steps=1, progress=False)
+    x, y = split.x_train, split.y_train
+    with pytest.raises(ValueError, match="cond must hold labels"):
+        train(model, path, x[:4], 1, cond=torch.tensor([0, 1, 2, 10]), p_uncond=0.2, progress=False)
+    with pytest.raises(ValueError, match="cond must have shape"):
+        train(model, path, x[:4], 1, cond=torch.tensor([0, 1, 2]), p_uncond=0.2, progress=False)
     with pytest.raises(ValueError, match="steps"):
-        train_conditional(model, path, split.x_train, split.y_train, steps=0, progress=False)
+        train(model, path, x, 0, cond=y, p_uncond=0.2, progress=False)
     with pytest.raises(ValueError, match="p_uncond"):
-        train_conditional(model, path, split.x_train, split.y_train, steps=1, p_uncond=-0.1, progress=False)
+        train(model, path, x, 1, cond=y, p_uncond=-0.1, progress=False)
     with pytest.raises(ValueError, match="num_classes"):
-        train_conditional(torch.nn.Linear(2, 2), path, split.x_train, split.y_train, steps=1, progress=False)
+        train(torch.nn.Linear(2, 2), path, x, 1, cond=y, p_uncond=0.2, progress=False)
 
 
 # -- metrics ----------------------------------------------------------------------------------------

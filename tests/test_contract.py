@@ -26,6 +26,7 @@ from fmlib import (
     LinearPath,
     NFECounter,
     PolynomialScheduler,
+    Recipe,
     SchrodingerBridgePath,
     VPScheduler,
     cfg_combine,
@@ -63,7 +64,6 @@ from fmlib import (
     straightness,
     time_grid,
     train,
-    train_conditional,
     two_moons,
     wasserstein2,
 )
@@ -181,10 +181,17 @@ TABLE = [
     ("MLP", lambda: MLP(2, hidden="64"), TypeError, "hidden"),
     ("train", lambda: train(MLP(2), GaussianPath(), X, steps=10.0, progress=False), TypeError, "steps"),
     ("train", lambda: train(MLP(2), GaussianPath(), X, steps=0, progress=False), ValueError, "steps"),
-    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, lr="1e-3", progress=False), TypeError, "lr"),
-    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, lr=0.0, progress=False), ValueError, "lr"),
+    ("Recipe", lambda: Recipe(lr="1e-3"), TypeError, "lr"),
+    ("Recipe", lambda: Recipe(lr=0.0), ValueError, "lr"),
+    (
+        "train",
+        lambda: train(MLP(2), GaussianPath(), X, steps=1, recipe={"lr": 1e-3}, progress=False),
+        TypeError,
+        "recipe",
+    ),
     ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, batch_size=0, progress=False), ValueError, "batch"),
     ("train", lambda: train(MLP(2), GaussianPath(), "data", steps=1, progress=False), TypeError, "data"),
+    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, source=X[:3], progress=False), ValueError, "source"),
     ("load_digits_split", lambda: load_digits_split(test_fraction=1.0), ValueError, "test_fraction"),
     ("load_digits_split", lambda: load_digits_split(test_fraction="0.2"), TypeError, "test_fraction"),
     ("load_digits_split", lambda: load_digits_split(seed=0.0), TypeError, "seed"),
@@ -198,22 +205,20 @@ TABLE = [
     ("drop_labels", lambda: drop_labels([0, 1, 2], 0.5, 10), TypeError, "labels"),
     ("drop_labels", lambda: drop_labels(torch.arange(3), 0.5, "10"), TypeError, "null_label"),
     (
-        "train_conditional",
-        lambda: train_conditional(unet(), GaussianPath(), IMAGES, torch.arange(3), steps=0, progress=False),
+        "train",
+        lambda: train(unet(), GaussianPath(), IMAGES, steps=0, cond=torch.arange(3), p_uncond=0.2, progress=False),
         ValueError,
         "steps",
     ),
     (
-        "train_conditional",
-        lambda: train_conditional(unet(), GaussianPath(), IMAGES, torch.arange(3), steps=1.0, progress=False),
+        "train",
+        lambda: train(unet(), GaussianPath(), IMAGES, steps=1.0, cond=torch.arange(3), p_uncond=0.2, progress=False),
         TypeError,
         "steps",
     ),
     (
-        "train_conditional",
-        lambda: train_conditional(
-            unet(), GaussianPath(), IMAGES, torch.arange(3), steps=1, p_uncond=2.0, progress=False
-        ),
+        "train",
+        lambda: train(unet(), GaussianPath(), IMAGES, steps=1, cond=torch.arange(3), p_uncond=2.0, progress=False),
         ValueError,
         "p_uncond",
     ),
@@ -299,8 +304,8 @@ TABLE = [
     ),
     ("lr_schedule", lambda: fmlib.lr_schedule(torch.optim.SGD(MLP(2).parameters(), 0.1), 10, 3), TypeError, "schedule"),
     ("TrainingRecord", lambda: fmlib.TrainingRecord(3), TypeError, "losses"),
-    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, ema=1.0, progress=False), ValueError, "ema"),
-    ("train", lambda: train(MLP(2), GaussianPath(), X, steps=1, ema="0.9", progress=False), TypeError, "ema"),
+    ("Recipe", lambda: Recipe(ema=1.0), ValueError, "ema"),
+    ("Recipe", lambda: Recipe(ema="0.9"), TypeError, "ema"),
 ]
 
 

@@ -25,20 +25,73 @@ def _run(cmd, tmp_path, timeout=300, attempts=2):
 
 def test_the_script_trains_a_2d_set_and_reports_held_out_w2(tmp_path):
     out = tmp_path / "result.json"
-    proc = _run([sys.executable, str(SCRIPT), "--data", "moons", "--steps", "60", "--n-train", "2000",
-                 "--result", str(out), "--checkpoint-dir", str(tmp_path / "ck")], tmp_path)
+    proc = _run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data",
+            "moons",
+            "--steps",
+            "60",
+            "--n-train",
+            "2000",
+            "--result",
+            str(out),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["processes"] == 1 and result["steps"] == 60 and 0 < result["w2"] < 3
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_00000060.pt"]
     # --resume continues a constant-schedule run from the checkpoint
-    proc = _run([sys.executable, str(SCRIPT), "--data", "moons", "--steps", "80", "--n-train", "2000",
-                 "--schedule", "constant", "--ema", "0", "--checkpoint-dir", str(tmp_path / "ck2"),
-                 "--checkpoint-every", "40", "--result", str(out)], tmp_path)
+    proc = _run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data",
+            "moons",
+            "--steps",
+            "80",
+            "--n-train",
+            "2000",
+            "--schedule",
+            "constant",
+            "--ema",
+            "0",
+            "--checkpoint-dir",
+            str(tmp_path / "ck2"),
+            "--checkpoint-every",
+            "40",
+            "--result",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = _run([sys.executable, str(SCRIPT), "--data", "moons", "--steps", "100", "--n-train", "2000",
-                 "--schedule", "constant", "--ema", "0", "--resume", str(tmp_path / "ck2"), "--result", str(out)],
-                tmp_path)
+    proc = _run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--data",
+            "moons",
+            "--steps",
+            "100",
+            "--n-train",
+            "2000",
+            "--schedule",
+            "constant",
+            "--ema",
+            "0",
+            "--resume",
+            str(tmp_path / "ck2"),
+            "--result",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["steps"] == 100
 
@@ -48,9 +101,23 @@ def test_the_script_runs_unchanged_under_torchrun(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", str(SCRIPT), "--data", "wine", "--steps", "40", "--result", str(out),
-           "--checkpoint-dir", str(tmp_path / "ck")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(SCRIPT),
+        "--data",
+        "wine",
+        "--steps",
+        "40",
+        "--result",
+        str(out),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+    ]
     proc = _run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -61,8 +128,13 @@ def test_the_script_runs_unchanged_under_torchrun(tmp_path):
 @pytest.fixture(scope="module")
 def scale_smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("scale") / "training_scale.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "training_scale.py"), "--smoke", "--quiet",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "training_scale.py"), "--smoke", "--quiet", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

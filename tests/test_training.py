@@ -225,8 +225,14 @@ def test_recipe_constant_is_exactly_constant_rate_adam():
     model = MLP(2, hidden=16, depth=2)
     reference = copy.deepcopy(model)
     rec = train(
-        model, GaussianPath(), data, steps=25, batch_size=64, recipe=Recipe.constant(3e-3),
-        generator=torch.Generator().manual_seed(1), progress=False,
+        model,
+        GaussianPath(),
+        data,
+        steps=25,
+        batch_size=64,
+        recipe=Recipe.constant(3e-3),
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
     )
     g = torch.Generator().manual_seed(1)
     opt = torch.optim.Adam(reference.parameters(), lr=3e-3)
@@ -248,7 +254,14 @@ def test_recipe_constant_is_exactly_constant_rate_adam():
 
 def test_recipe_defaults_and_repr():
     r = Recipe()
-    assert (r.lr, r.schedule, r.ema, r.warmup, r.betas, r.weight_decay) == (3e-2, "cosine", 0.999, None, (0.9, 0.999), 0.0)
+    assert (r.lr, r.schedule, r.ema, r.warmup, r.betas, r.weight_decay) == (
+        3e-2,
+        "cosine",
+        0.999,
+        None,
+        (0.9, 0.999),
+        0.0,
+    )
     assert Recipe.constant(1e-3) == Recipe(lr=1e-3, schedule="constant", ema=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.lr = 1.0  # type: ignore[misc]
@@ -348,8 +361,14 @@ def test_gradient_clipping_bounds_the_norm_the_optimiser_sees(gen):
     def run(recipe):
         torch.manual_seed(0)
         return train(
-            MLP(2, hidden=16, depth=2), LinearPath(), data, steps=20, batch_size=64, recipe=recipe,
-            generator=torch.Generator().manual_seed(0), progress=False,
+            MLP(2, hidden=16, depth=2),
+            LinearPath(),
+            data,
+            steps=20,
+            batch_size=64,
+            recipe=recipe,
+            generator=torch.Generator().manual_seed(0),
+            progress=False,
         )
 
     handle = register_optimizer_step_pre_hook(hook)
@@ -374,8 +393,15 @@ def test_the_time_sampler_reaches_the_loss():
         calls.append(n)
         return torch.full((n,), 0.5, dtype=dtype, device=device)
 
-    train(MLP(2, hidden=8, depth=1), LinearPath(), data, steps=3, batch_size=16,
-          recipe=Recipe(time_sampler=at_half), progress=False)
+    train(
+        MLP(2, hidden=8, depth=1),
+        LinearPath(),
+        data,
+        steps=3,
+        batch_size=16,
+        recipe=Recipe(time_sampler=at_half),
+        progress=False,
+    )
     assert calls == [16, 16, 16]
 
 
@@ -424,9 +450,18 @@ def test_keep_best_ends_with_the_weights_of_the_lowest_held_out_loss():
         torch.manual_seed(0)
         model = MLP(2, hidden=32, depth=2)
         rec = train(
-            model, LinearPath(), data, steps=200, batch_size=6, recipe=Recipe.constant(1e-2), eval_data=held_out,
-            eval_every=10, keep_best=keep_best, callback=lambda s, m: [p.detach().clone() for p in m.parameters()],
-            generator=torch.Generator().manual_seed(1), progress=False,
+            model,
+            LinearPath(),
+            data,
+            steps=200,
+            batch_size=6,
+            recipe=Recipe.constant(1e-2),
+            eval_data=held_out,
+            eval_every=10,
+            keep_best=keep_best,
+            callback=lambda s, m: [p.detach().clone() for p in m.parameters()],
+            generator=torch.Generator().manual_seed(1),
+            progress=False,
         )
         kept.append(rec)
         return model, rec
@@ -448,8 +483,16 @@ def test_returned_model_carries_the_average_and_the_record_the_training_weights(
     def run(recipe):
         torch.manual_seed(0)
         model = MLP(2, hidden=16, depth=1)
-        rec = train(model, LinearPath(), data, steps=30, batch_size=64, recipe=recipe,
-                    generator=torch.Generator().manual_seed(0), progress=False)
+        rec = train(
+            model,
+            LinearPath(),
+            data,
+            steps=30,
+            batch_size=64,
+            recipe=recipe,
+            generator=torch.Generator().manual_seed(0),
+            progress=False,
+        )
         return model, rec
 
     model, rec = run(Recipe(ema=0.9))
@@ -482,8 +525,16 @@ def test_training_lowers_the_loss_and_is_reproducible():
         torch.manual_seed(0)
         model = MLP(2, hidden=32, depth=2)
         before = fixed_loss(model)
-        rec = train(model, GaussianPath(), data, steps=100, batch_size=128, recipe=Recipe(lr=3e-3),
-                    generator=torch.Generator().manual_seed(1), progress=False)
+        rec = train(
+            model,
+            GaussianPath(),
+            data,
+            steps=100,
+            batch_size=128,
+            recipe=Recipe(lr=3e-3),
+            generator=torch.Generator().manual_seed(1),
+            progress=False,
+        )
         return rec, before, fixed_loss(model)
 
     (a, before, after), (b, _, _) = run(), run()
@@ -523,8 +574,9 @@ def test_source_rows_stay_paired_with_their_data_rows():
     for x, _, _ in model.calls:
         assert torch.equal(x[:, 0] % 10, torch.zeros(16))
     # and the CFM target x1 - x0 = 1 is what the loss regresses: a model with w = 0 sees loss |1|^2 * 2 = 2
-    losses = train(Recorder(), LinearPath(), x1, steps=3, batch_size=8, source=x0,
-                   recipe=Recipe.constant(1e-12), progress=False)
+    losses = train(
+        Recorder(), LinearPath(), x1, steps=3, batch_size=8, source=x0, recipe=Recipe.constant(1e-12), progress=False
+    )
     assert losses == pytest.approx([2.0, 2.0, 2.0], rel=1e-9)
 
 
@@ -539,8 +591,17 @@ def test_a_reflow_pair_set_keeps_its_pairing_and_trains_straight():
     def run(source):
         torch.manual_seed(0)
         model = MLP(2, hidden=64, depth=2)
-        train(model, LinearPath(), x1, steps=800, batch_size=256, source=source, recipe=Recipe(lr=3e-3),
-              generator=torch.Generator().manual_seed(1), progress=False)
+        train(
+            model,
+            LinearPath(),
+            x1,
+            steps=800,
+            batch_size=256,
+            source=source,
+            recipe=Recipe(lr=3e-3),
+            generator=torch.Generator().manual_seed(1),
+            progress=False,
+        )
         test0 = torch.randn(500, 2, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             one = fmlib.integrate(model, test0, steps=1)
@@ -559,15 +620,35 @@ def test_labels_and_label_dropout():
     images = labels[:, None].float().repeat(1, 2) + 0.1 * torch.arange(8.0)[:, None]  # label = floor(image)
     reverse = lambda x0, x1: torch.arange(x1.shape[0] - 1, -1, -1)  # noqa: E731
     model = Recorder()
-    train(model, LinearPath(0.0), images, steps=4, batch_size=8, cond=labels, coupling=reverse, recipe=AT_ONE,
-          generator=torch.Generator().manual_seed(0), progress=False)
+    train(
+        model,
+        LinearPath(0.0),
+        images,
+        steps=4,
+        batch_size=8,
+        cond=labels,
+        coupling=reverse,
+        recipe=AT_ONE,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert len(model.calls) == 4
     for x, t, y in model.calls:
         assert torch.equal(t, torch.ones(8))
         assert torch.equal(x[:, 0].floor().long(), y)  # every label sits with its own image
     model = Recorder()
-    train(model, LinearPath(0.0), images, steps=200, batch_size=8, cond=labels, p_uncond=0.25, recipe=AT_ONE,
-          generator=torch.Generator().manual_seed(0), progress=False)
+    train(
+        model,
+        LinearPath(0.0),
+        images,
+        steps=200,
+        batch_size=8,
+        cond=labels,
+        p_uncond=0.25,
+        recipe=AT_ONE,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     ys = torch.cat([y for _, _, y in model.calls])
     xs = torch.cat([x for x, _, _ in model.calls])
     dropped = ys == 3
@@ -588,8 +669,19 @@ def test_held_out_labels_are_kept():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     images = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     model = Recorder()
-    rec = train(model, LinearPath(), images, steps=5, batch_size=4, cond=labels, p_uncond=0.5,
-                eval_data=(images, labels), eval_every=2, generator=torch.Generator().manual_seed(0), progress=False)
+    rec = train(
+        model,
+        LinearPath(),
+        images,
+        steps=5,
+        batch_size=4,
+        cond=labels,
+        p_uncond=0.5,
+        eval_data=(images, labels),
+        eval_every=2,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert len(rec) == 5 and rec.eval_steps == [2, 4, 5] and len(rec.eval_losses) == 3
     assert torch.equal(model.calls[-1][2], labels)  # the last call is the held-out evaluation: no label dropped
     with pytest.raises(TypeError, match=r"eval_data must be a tensor or a pair \(x, y\)"):
@@ -612,8 +704,16 @@ def test_a_dataset_is_read_in_epochs_of_global_minibatches():
     x = torch.arange(40.0)[:, None].repeat(1, 2)
     y = torch.arange(40) % 3
     model = Recorder()
-    train(model, LinearPath(), Pairs(x, y), steps=8, batch_size=10, recipe=AT_ONE,
-          generator=torch.Generator().manual_seed(0), progress=False)
+    train(
+        model,
+        LinearPath(),
+        Pairs(x, y),
+        steps=8,
+        batch_size=10,
+        recipe=AT_ONE,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     rows = [x_[:, 0].long() for x_, _, _ in model.calls]
     assert all(r.numel() == 10 for r in rows)
     first, second = torch.cat(rows[:4]), torch.cat(rows[4:])
@@ -650,8 +750,16 @@ def test_a_dataset_of_the_wrong_items_is_refused():
 def test_dataset_items_may_be_one_tuples_or_carry_int_labels():
     x = torch.arange(12.0)[:, None].repeat(1, 2)
     model = Recorder()
-    train(model, LinearPath(), torch.utils.data.TensorDataset(x), steps=2, batch_size=4, recipe=AT_ONE,
-          generator=torch.Generator().manual_seed(0), progress=False)
+    train(
+        model,
+        LinearPath(),
+        torch.utils.data.TensorDataset(x),
+        steps=2,
+        batch_size=4,
+        recipe=AT_ONE,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     assert all(y is None for _, _, y in model.calls)
 
     class IntLabels(Pairs):
@@ -659,7 +767,15 @@ def test_dataset_items_may_be_one_tuples_or_carry_int_labels():
             return self.x[i], int(self.x[i, 0]) % 3
 
     model = Recorder()
-    train(model, LinearPath(), IntLabels(x), steps=2, batch_size=4, recipe=AT_ONE,
-          generator=torch.Generator().manual_seed(0), progress=False)
+    train(
+        model,
+        LinearPath(),
+        IntLabels(x),
+        steps=2,
+        batch_size=4,
+        recipe=AT_ONE,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
     for x_, _, y_ in model.calls:
         assert torch.equal(x_[:, 0].long() % 3, y_)

@@ -8,21 +8,29 @@ import pickle
 import signal
 import socket
 
+import _ddp_workers
 import pytest
 import torch
 
 import fmlib
 from fmlib import MLP, GaussianPath, LinearPath, Recipe, train
 
-import _ddp_workers
-
 
 def _moons_run(steps, recipe, **kw):
     data = fmlib.two_moons(1024, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = MLP(2, hidden=32, depth=2)
-    rec = train(model, GaussianPath(), data, steps=steps, batch_size=64, recipe=recipe,
-                generator=torch.Generator().manual_seed(1), progress=False, **kw)
+    rec = train(
+        model,
+        GaussianPath(),
+        data,
+        steps=steps,
+        batch_size=64,
+        recipe=recipe,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+        **kw,
+    )
     return model, rec
 
 
@@ -31,16 +39,32 @@ def _moons_run(steps, recipe, **kw):
 
 @pytest.mark.parametrize("recipe", [Recipe(), Recipe(clip_grad_norm=0.5, time_sampler="logit_normal")])
 def test_a_resumed_run_is_bitwise_the_uninterrupted_run(tmp_path, recipe):
-    straight, rec = _moons_run(200, recipe, checkpoint_dir=tmp_path, checkpoint_every=100,
-                               eval_data=torch.randn(64, 2, generator=torch.Generator().manual_seed(3)), eval_every=40)
+    straight, rec = _moons_run(
+        200,
+        recipe,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=100,
+        eval_data=torch.randn(64, 2, generator=torch.Generator().manual_seed(3)),
+        eval_every=40,
+    )
     assert [c.name for c in rec.checkpoints] == ["step_00000100.pt", "step_00000200.pt"]
     # a new process would start from a freshly initialised model and a fresh generator: both are restored
     torch.manual_seed(123)
     model = MLP(2, hidden=32, depth=2)
     data = fmlib.two_moons(1024, generator=torch.Generator().manual_seed(0))
-    resumed = train(model, GaussianPath(), data, steps=200, batch_size=64, recipe=recipe,
-                    generator=torch.Generator().manual_seed(999), progress=False, resume=rec.checkpoints[0],
-                    eval_data=torch.randn(64, 2, generator=torch.Generator().manual_seed(3)), eval_every=40)
+    resumed = train(
+        model,
+        GaussianPath(),
+        data,
+        steps=200,
+        batch_size=64,
+        recipe=recipe,
+        generator=torch.Generator().manual_seed(999),
+        progress=False,
+        resume=rec.checkpoints[0],
+        eval_data=torch.randn(64, 2, generator=torch.Generator().manual_seed(3)),
+        eval_every=40,
+    )
     assert list(resumed) == list(rec)
     assert resumed.lr == rec.lr and resumed.eval_steps == rec.eval_steps and resumed.eval_losses == rec.eval_losses
     assert resumed.grad_norm == rec.grad_norm
@@ -57,8 +81,18 @@ def test_a_resumed_dataset_run_is_bitwise_the_uninterrupted_run(tmp_path):
     def run(steps_dir, resume=None, seed=0):
         torch.manual_seed(seed)
         model = MLP(2, hidden=16, depth=1)
-        rec = train(model, LinearPath(), _Items(ds), steps=50, batch_size=64, checkpoint_dir=steps_dir,
-                    checkpoint_every=23, resume=resume, generator=torch.Generator().manual_seed(1), progress=False)
+        rec = train(
+            model,
+            LinearPath(),
+            _Items(ds),
+            steps=50,
+            batch_size=64,
+            checkpoint_dir=steps_dir,
+            checkpoint_every=23,
+            resume=resume,
+            generator=torch.Generator().manual_seed(1),
+            progress=False,
+        )
         return model, rec
 
     a, rec_a = run(tmp_path / "a")
@@ -97,16 +131,22 @@ def test_resuming_refuses_another_model_recipe_or_plan(tmp_path):
     with pytest.raises(ValueError, match=r"holds another model.*of other shapes: \[.*'net.0.weight'"):
         train(MLP(2, hidden=16, depth=2), GaussianPath(), data, steps=20, resume=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"another recipe; differing fields \{'lr': '0.03'\}"):
-        train(MLP(2, hidden=32, depth=2), GaussianPath(), data, steps=20, recipe=Recipe(lr=1e-3), resume=tmp_path,
-              progress=False)
+        train(
+            MLP(2, hidden=32, depth=2),
+            GaussianPath(),
+            data,
+            steps=20,
+            recipe=Recipe(lr=1e-3),
+            resume=tmp_path,
+            progress=False,
+        )
     with pytest.raises(ValueError, match=r"steps must equal the checkpoint's planned steps \(20\)"):
         train(MLP(2, hidden=32, depth=2), GaussianPath(), data, steps=40, resume=tmp_path, progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="resume: no checkpoint step_"):
         train(MLP(2, hidden=32, depth=2), GaussianPath(), data, steps=20, resume=tmp_path / "empty", progress=False)
     with pytest.raises(ValueError, match="resume must name a checkpoint file or a checkpoint directory"):
-        train(MLP(2, hidden=32, depth=2), GaussianPath(), data, steps=20, resume=tmp_path / "nothing",
-              progress=False)
+        train(MLP(2, hidden=32, depth=2), GaussianPath(), data, steps=20, resume=tmp_path / "nothing", progress=False)
 
 
 # -- precision and compilation ----------------------------------------------------------------------------------
@@ -274,8 +314,15 @@ def test_a_distributed_run_needs_a_generator():
         with pytest.raises(ValueError, match="generator is required under torch.distributed"):
             train(model, LinearPath(), torch.zeros(32, 2), steps=3, progress=False)
         with pytest.raises(ValueError, match=r"batch_size must be divisible by the number of processes \(2\)"):
-            train(model, LinearPath(), torch.zeros(32, 2), steps=3, batch_size=7, progress=False,
-                  generator=torch.Generator())
+            train(
+                model,
+                LinearPath(),
+                torch.zeros(32, 2),
+                steps=3,
+                batch_size=7,
+                progress=False,
+                generator=torch.Generator(),
+            )
     finally:
         dist.is_initialized, dist.get_rank, dist.get_world_size = orig
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
