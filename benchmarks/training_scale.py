@@ -4,10 +4,11 @@ processes against one.
 1. Overhead. ``fmlib.train`` with the default ``Recipe()`` (AdamW without decay = Adam, warm-up + cosine
    schedule, EMA 0.999) against a bare PyTorch loop doing the same work (the same draws of indices, x0 and t,
    the straight-line CFM loss, ``torch.optim.Adam``, the same ``LambdaLR`` factor, ``fmlib.EMA``) on the 3x64
-   MLP at batch 512, one thread. Both run in interleaved blocks (order alternated); the ratio of the median
-   per-step times is reported.
-2. Precision and compilation on an image-sized network (``fmlib.DigitUNet(channels=64)`` on the 8x8 digits
-   upsampled to 16x16, batch 128, class labels with label dropout): fp32 eager, bf16, fp16, fp32 compiled and
+   MLP at batch 512, one thread. Both run in interleaved blocks of steps (order alternated); reported: the median
+   over rounds of the ratio of the two blocks of a round (a paired ratio, which slow drifts of the machine's
+   speed cancel out of), with the median per-step times.
+2. Precision and compilation on an image network (``fmlib.DigitUNet()``, chapter 7's U-Net, on the 8x8 digits,
+   batch 64, class labels with label dropout): fp32 eager, bf16, fp16, fp32 compiled and
    bf16 compiled. Each trains the same steps from the same initial weights and draws; reported: the median step
    time after a warm-up (compilation excluded) and the held-out CFM loss at the end, both as ratios to fp32 eager.
 3. Two processes x one thread (``torch.distributed``, gloo, loopback) against one process x two threads on the
@@ -17,7 +18,7 @@ The machine's load (1-minute average) is recorded at the start and the end; a re
 exceeded the cores the run uses plus 0.5 is marked ``"quiet": false``, and the book does not show it.
 
 Usage (from the repository root, alone on the machine):
-    python benchmarks/training_scale.py                    # about 10 minutes on two cores
+    python benchmarks/training_scale.py                    # about 10 minutes, alone on two cores
     python benchmarks/training_scale.py --smoke --out /tmp/scale_smoke.json
 """
 
@@ -46,13 +47,13 @@ from benchmarks import harness  # noqa: E402
 
 @dataclass(frozen=True)
 class Config:
-    overhead_block_steps: int = 200
-    overhead_rounds: int = 9
-    image_steps: int = 400
-    image_timing_steps: int = 30
-    image_channels: int = 64
-    image_size: int = 16
-    image_batch: int = 128
+    overhead_block_steps: int = 100
+    overhead_rounds: int = 25
+    image_steps: int = 150
+    image_timing_steps: int = 10
+    image_channels: int = 32
+    image_size: int = 8
+    image_batch: int = 64
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16", "fp32+compile", "bf16+compile")
     ddp_steps: int = 60
     ddp_warmup: int = 10
@@ -148,7 +149,8 @@ def measure_overhead(cfg: Config, log) -> dict:
             fn()
             times[name].append((time.perf_counter() - start) / n)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["fmlib.train"] / med["bare loop"]
+    paired = [a / b for a, b in zip(times["fmlib.train"], times["bare loop"])]
+    ratio = statistics.median(paired)
     log(
         f"overhead: fmlib.train {1e3 * med['fmlib.train']:.3f} ms/step, bare {1e3 * med['bare loop']:.3f}: {ratio:.3f}x"
     )
@@ -156,6 +158,7 @@ def measure_overhead(cfg: Config, log) -> dict:
         "ms_per_step": {k: 1e3 * v for k, v in med.items()},
         "all_ms_per_step": {k: [1e3 * x for x in v] for k, v in times.items()},
         "ratio": ratio,
+        "paired_ratios": paired,
         "losses_max_relative_difference": max_rel,
     }
 

@@ -303,14 +303,15 @@ def regression_loss(
     weights: Tensor | None = None,
     prediction: str = "velocity",
     check_output: bool = True,
+    trusted: bool = False,
 ) -> Tensor:
     """The core of :func:`cfm_loss` on checked, paired inputs: ``mean_b w_b |model(x_t, t[, cond]) - target|^2``.
 
     t has shape (B,). The model's output is compared in the target's dtype, so a forward pass under
-    ``torch.autocast`` still gives a float32 loss. ``check_output=False`` skips the output's shape check
-    (:func:`~fmlib.train` checks the first step only).
+    ``torch.autocast`` still gives a float32 loss. ``check_output=False`` skips the output's shape check and
+    ``trusted=True`` the path's input checks (:func:`~fmlib.train` checks its first step only).
     """
-    s = path.sample(x0, x1, t, generator=generator)
+    s = path._sample_trusted(x0, x1, t, generator) if trusted else path.sample(x0, x1, t, generator=generator)
     out = model(s.x_t, s.t) if cond is None else model(s.x_t, s.t, cond)
     if check_output:
         check_velocity_output(out, s.x_t, "model(x_t, t)" if cond is None else "model(x_t, t, cond)")

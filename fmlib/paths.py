@@ -88,6 +88,11 @@ class ProbPath(ABC):
     def sample(self, x0: Tensor, x1: Tensor, t: float | Tensor, generator: torch.Generator | None = None) -> PathSample:
         """Draw x_t ~ p_t(x | z) and return it with its conditional velocity."""
 
+    def _sample_trusted(self, x0: Tensor, x1: Tensor, t: Tensor, generator: torch.Generator | None) -> PathSample:
+        """:meth:`sample` on inputs checked already (x0, x1 of one floating shape; t of shape (B,) in [0, 1], in
+        x1's compute dtype): the training loop checks its draws once, not at every step. Default: :meth:`sample`."""
+        return self.sample(x0, x1, t, generator)
+
     @abstractmethod
     def conditional_velocity(
         self, x: Tensor, t: float | Tensor, x0: Tensor | None = None, x1: Tensor | None = None
@@ -546,7 +551,9 @@ class AffinePath(ProbPath):
             TypeError: if x0 or x1 is not a floating tensor.
         """
         x0, x1 = self._pair(x0, x1)
-        t = as_time(t, x1)
+        return self._sample_trusted(x0, x1, as_time(t, x1), generator)
+
+    def _sample_trusted(self, x0: Tensor, x1: Tensor, t: Tensor, generator: torch.Generator | None) -> PathSample:
         a, s, da, ds = self._coef_like(t, x1)
         x0c, x1c = x0.to(t.dtype), x1.to(t.dtype)
         x_t = (a * x1c + s * x0c).to(x1.dtype)
@@ -886,7 +893,9 @@ class LinearPath(AffinePath):
             TypeError: if x0 or x1 is not a floating tensor.
         """
         x0, x1 = self._pair(x0, x1)
-        t = as_time(t, x1)
+        return self._sample_trusted(x0, x1, as_time(t, x1), generator)
+
+    def _sample_trusted(self, x0: Tensor, x1: Tensor, t: Tensor, generator: torch.Generator | None) -> PathSample:
         tt = unsqueeze_like(t, x1)
         x_t = (1 - tt) * x0.to(t.dtype) + tt * x1.to(t.dtype)
         if self.sigma > 0:

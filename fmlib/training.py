@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from numbers import Real
@@ -131,8 +132,8 @@ clip_grad_norm=None, time_sampler=None)
 class TrainingRecord(list):
     """What a training run returns: the list of per-step losses, with the rest of the log as attributes.
 
-    It *is* a list (``record[k]`` is the loss of step k, ``len(record) == steps``), so code that treats the
-    return value of :func:`train` as the list of losses keeps working. Under ``torch.distributed`` each loss
+    It *is* the list of losses (``record[k]`` is the loss of step k, ``len(record) == steps``), with the rest of
+    the log as attributes. Under ``torch.distributed`` each loss
     is the mean over the ranks, the loss of the global minibatch.
 
     Attributes:
@@ -650,7 +651,12 @@ def train(
         sampler = _GlobalBatches(n, B, data_seed, start, rank, world)
         stream = iter(DataLoader(data, batch_sampler=sampler))  # type: ignore[arg-type]
     time_dtype = None
-    checked_model = False
+    checked = False
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=autocast_dtype)
 
     def next_batch() -> tuple[Tensor, Tensor | None, Tensor | None, int]:
         """This rank's x1, y, x0 (None: draw noise) and the global batch size."""
@@ -672,7 +678,7 @@ def train(
         return x1, y, None, x1.shape[0] * world
 
     def step_loss() -> Tensor:
-        nonlocal time_dtype, checked_model
+        nonlocal time_dtype, checked
         x1, y, x0, global_b = next_batch()
         local = slice(rank * x1.shape[0], (rank + 1) * x1.shape[0])
         if p_uncond > 0:
@@ -687,9 +693,11 @@ def train(
         t = sample_times(recipe.time_sampler, global_b, generator, time_dtype, device)[local]
         if coupling is not None:
             x0, x1, y, _ = apply_coupling(coupling, x0, x1, y, None)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = regression_loss(forward, path, x0, x1, t, y, generator=generator, check_output=not checked_model)
-        checked_model = True
+        with autocast():
+            loss = regression_loss(
+                forward, path, x0, x1, t, y, generator=generator, check_output=not checked, trusted=checked
+            )
+        checked = True  # the first step checked the path's inputs and the model's output; the draws keep their form
         return loss
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -731,7 +739,12 @@ def train(
             norms[k] = torch.nn.utils.clip_grad_norm_(trainable, recipe.clip_grad_norm or 0.0).detach()
         scaler.step(optimizer)
         scaler.update()
-        scheduler.step()
+        if precision == "fp16":  # the scaler skips the steps whose gradients overflowed, by design
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                scheduler.step()
+        else:
+            scheduler.step()
         if averager is not None:
             averager.update()
         if world > 1:  # the record holds the loss of the global minibatch
