@@ -22,13 +22,39 @@ __all__ = ["divergence", "log_likelihood"]
 VelocityField = Callable[[Tensor, Tensor], Tensor]
 
 
-def _trace_of_jacobian(out: Tensor, y: Tensor, create_graph: bool) -> Tensor:
-    """sum_i d out_i / d y_i per sample, by one autograd pass per feature; shape (B,)."""
+def _refuse_inference_mode(name: str) -> None:
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
-            "divergence needs autograd, which torch.inference_mode() switches off; call it outside inference_mode"
+            f"{name} needs autograd for the divergence, which torch.inference_mode() switches off; "
+            "call it outside inference_mode (torch.no_grad() is fine)"
         )
-    if not out.requires_grad:  # the field does not depend on y (e.g. a constant): zero divergence
+
+
+def _check_constant_in_x(v: VelocityField, y: Tensor, t: Tensor, out: Tensor) -> None:
+    """An output without a graph must not depend on y; else v hides its dependence from autograd.
+
+    Called only when ``out`` does not require grad: a field that is constant in x has zero divergence,
+    but one that switches autograd off inside (``@torch.no_grad()``), detaches x or leaves torch would
+    silently get zero too. Evaluating v once more at a perturbed point tells the two apart.
+    """
+    direction = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        moved = y.detach() + (0.01 * (1 + y.detach().abs()) * direction.to(y.device, y.dtype))
+        again = v(moved, t)
+    if not isinstance(again, Tensor) or not torch.equal(again.detach(), out.detach()):
+        raise ValueError(
+            "v's output has no autograd graph, yet it changes with x, so its divergence cannot be computed: "
+            "v switches autograd off inside (e.g. a @torch.no_grad() decorator or torch.inference_mode()), "
+            "detaches x, or computes outside torch; remove that so v(x, t) is differentiable in x"
+        )
+
+
+def _trace_of_jacobian(out: Tensor, y: Tensor, create_graph: bool) -> Tensor:
+    """sum_i d out_i / d y_i per sample, by one autograd pass per feature; shape (B,).
+
+    ``out`` must carry a graph to y (see :func:`_check_constant_in_x` for the case without one).
+    """
+    if not out.requires_grad:  # checked to be constant in y: zero divergence
         return torch.zeros(y.shape[0], dtype=compute_dtype(y), device=y.device)
     flat = out.flatten(1)
     cols = [
@@ -60,8 +86,10 @@ def divergence(v: VelocityField, x: Tensor, t: float | Tensor, create_graph: boo
 
     Raises:
         TypeError: if v is not callable, x is not a floating tensor or v does not return a tensor.
-        ValueError: if x has no batch dimension, t has the wrong shape or is not finite, or v
-            returns a tensor of another shape.
+        ValueError: if x has no batch dimension, t has the wrong shape or is not finite, v
+            returns a tensor of another shape, or v's output depends on x without an autograd graph
+            (v decorated with ``@torch.no_grad()``, detaching x, ...): its divergence is unknown, never 0.
+        RuntimeError: under ``torch.inference_mode()``, which switches autograd off.
 
     Example:
         >>> import torch
@@ -73,9 +101,12 @@ def divergence(v: VelocityField, x: Tensor, t: float | Tensor, create_graph: boo
         raise TypeError(f"v must be a callable velocity field v(x, t); got {type(v).__name__}")
     check_batch(x)
     t = as_time(t, x, unit_interval=False)
+    _refuse_inference_mode("divergence")
     with torch.enable_grad():
         y = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
         out = check_velocity_output(v(y, t), y)
+        if not out.requires_grad:
+            _check_constant_in_x(v, y, t, out)
         div = _trace_of_jacobian(out, y, create_graph)
     return (div if create_graph else div.detach()).to(x.dtype)
 
@@ -120,7 +151,8 @@ def log_likelihood(
     draws that stay fixed during the integration (Hutchinson 1990; Grathwohl et al. 2019).
 
     Gradients flow to the model's parameters and to x when grad is enabled (so a model can be trained by
-    maximum likelihood); under ``torch.no_grad()`` no graph is kept.
+    maximum likelihood); under ``torch.no_grad()`` no graph is kept (the divergence is still taken by
+    autograd). ``torch.inference_mode()`` cannot be undone inside, so it is refused.
 
     Args:
         v: velocity field ``v(x, t)`` (a model).
@@ -143,9 +175,11 @@ def log_likelihood(
     Raises:
         ValueError: unknown method or divergence, probes < 1, steps < 1, rtol or atol <= 0,
             x without a batch dimension; an adaptive solve that blows up; a log_p0 that does not return
-            a tensor of shape (B,), or returns NaN.
+            a tensor of shape (B,), or returns NaN; a v whose output depends on x without an autograd
+            graph (decorated with ``@torch.no_grad()``, detaching x, ...), whose divergence is unknown.
         TypeError: v not callable, x not a floating tensor, steps or probes not ints.
-        RuntimeError: an adaptive solve that needs more than ``max_steps`` steps.
+        RuntimeError: an adaptive solve that needs more than ``max_steps`` steps; a call under
+            ``torch.inference_mode()`` (either divergence), which switches autograd off.
 
     Example:
         >>> import torch
@@ -170,6 +204,7 @@ def log_likelihood(
     check_int(steps, "steps")
     check_real(rtol, "rtol", low=0.0, low_inclusive=False)
     check_real(atol, "atol", low=0.0, low_inclusive=False)
+    _refuse_inference_mode("log_likelihood")
     shape, feats, low = x.shape, x[0].numel(), x.dtype
     dtype = compute_dtype(x)
     keep_graph = torch.is_grad_enabled()
@@ -178,12 +213,13 @@ def log_likelihood(
         signs = torch.randint(0, 2, (probes, *shape), generator=generator, device=x.device)
         eps = (2 * signs - 1).to(low)
 
-    def div_v(out: Tensor, y: Tensor) -> Tensor:
+    def div_v(out: Tensor, y: Tensor, t: Tensor) -> Tensor:
+        if not out.requires_grad:  # zero divergence, once v is seen not to depend on y
+            _check_constant_in_x(v, y, t, out)
+            return torch.zeros(shape[0], dtype=dtype, device=x.device)
         if eps is None:
             return _trace_of_jacobian(out, y, keep_graph)
         total = torch.zeros(shape[0], dtype=dtype, device=x.device)
-        if not out.requires_grad:
-            return total
         for e in eps:
             (vjp,) = torch.autograd.grad(
                 out, y, grad_outputs=e, create_graph=keep_graph, retain_graph=True, materialize_grads=True
@@ -197,7 +233,7 @@ def log_likelihood(
             if not keep_graph or not y.requires_grad:
                 y = y.detach().requires_grad_(True)
             out = check_velocity_output(v(y, t), y)
-            div = div_v(out, y)
+            div = div_v(out, y, t)
         if not keep_graph:
             out, div = out.detach(), div.detach()
         return torch.cat([out.flatten(1).to(dtype), -div[:, None].to(dtype)], dim=1)

@@ -265,3 +265,54 @@ def test_likelihood_accepts_a_step_function():
 
     lp = log_likelihood(lambda x, t: 3 * t[:, None] ** 2 * x, X, steps=400, method=ralston)
     assert abs(lp.item() - (float(gaussian_log_prob(X * math.exp(-1))) - 2.0)) < 1e-4
+
+
+# --- autograd switched off: the divergence is computed or refused, never taken as 0 ----------------------
+
+# tr A = 0.8; the off-diagonal part is antisymmetric, so Hutchinson's e^T A e = tr A for every probe
+A_TR08 = torch.tensor([[0.5, 0.2], [-0.2, 0.3]], dtype=torch.float64)
+
+
+@torch.no_grad()
+def no_grad_linear_field(x, t):
+    return x @ A_TR08.T.to(x.dtype)
+
+
+def linear_field_closed_form(x):
+    # v = A x: x_0 = expm(-A) x_1 and log p_1(x) = log N(x_0) - tr A
+    return gaussian_log_prob(x @ torch.linalg.matrix_exp(-A_TR08).T) - 0.8
+
+
+def test_divergence_of_a_no_grad_field_is_refused_not_zero():
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="no_grad"):
+        divergence(no_grad_linear_field, x, 0.5)
+    with pytest.raises(ValueError, match="no_grad"):
+        divergence(lambda x, t: x.detach() @ A_TR08.T, x, 0.5)
+
+
+@pytest.mark.parametrize("div", ["exact", "hutchinson"])
+def test_log_likelihood_of_a_no_grad_field_is_refused_not_off_by_the_trace(div):
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="no_grad"):
+        log_likelihood(no_grad_linear_field, x, steps=20, divergence=div)
+    # the same field with autograd: the closed form, under an outer no_grad too
+    with torch.no_grad():
+        lp = log_likelihood(lambda x, t: x @ A_TR08.T, x, steps=200, divergence=div)
+    torch.testing.assert_close(lp, linear_field_closed_form(x), atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("div", ["exact", "hutchinson"])
+def test_log_likelihood_refuses_inference_mode(div):
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        log_likelihood(lambda x, t: x @ A_TR08.T, x, steps=20, divergence=div)
+
+
+def test_constant_fields_still_have_zero_divergence_in_the_likelihood():
+    # v = c: x_0 = x_1 - c, div = 0, so log p_1(x) = log N(x - c)
+    x = torch.tensor([[0.3, -1.0]], dtype=torch.float64)
+    c = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    for div in ("exact", "hutchinson"):
+        lp = log_likelihood(lambda x, t: c.expand_as(x), x, steps=5, divergence=div)
+        torch.testing.assert_close(lp, gaussian_log_prob(x - c))
