@@ -37,6 +37,25 @@ _SMALL_ALPHA = 1e-3
 """Below this alpha_t the general (autograd or many-feature) route expands ||x - alpha_t x1||^2."""
 
 
+def _check_data(data: Tensor, changed: bool = False) -> None:
+    if not isinstance(data, Tensor):
+        raise TypeError(f"data must be a torch.Tensor of shape (N, *D); got {type(data).__name__}")
+    if data.dim() < 1 or data.shape[0] == 0:
+        raise ValueError(f"data must hold at least one point, shape (N, *D) with N >= 1; got shape {tuple(data.shape)}")
+    check_batch(data, "data")
+    if not bool(torch.isfinite(data).all()):
+        how = "they were changed in place and now hold" if changed else "it holds"
+        raise ValueError(f"data must be finite; {how} NaN or inf")
+
+
+def _tracked(data: Tensor) -> Tensor:
+    """data, or an ordinary copy of data made under inference_mode (which has no version counter)."""
+    if not data.is_inference():
+        return data
+    with torch.inference_mode(False):
+        return data.clone()
+
+
 class EmpiricalMarginal:
     """Exact marginal density, posterior and velocity of a path toward an empirical data set.
 
@@ -62,12 +81,15 @@ class EmpiricalMarginal:
     data as sigma_t -> 0), and never through x / alpha_t when alpha_t is tiny, so every
     method is finite one float step after t = 0 (e.g. t = 1e-45 in float32) and one
     before t = 1. The result has the query's dtype and device (the data are cast once
-    per dtype/device and cached); for a float16/bfloat16 query the arithmetic and the
+    per dtype/device and cached, also under ``torch.inference_mode()`` as ordinary tensors that
+    autograd can use later; the cache is renewed when ``data`` is reassigned or changed in place,
+    and the changed data are checked again); for a float16/bfloat16 query the arithmetic and the
     times are float32. Source: Lipman et al. (2023), eqs. 6 and 8; Lipman et al. (2024),
     Sections 4.4 (the marginalization trick) and 4.8 (affine paths).
 
     Raises:
-        ValueError: empty or non-finite data, or a non-positive chunk_size.
+        ValueError: empty or non-finite data (also when assigned to ``data`` or changed in place, raised
+            by the next query), or a non-positive chunk_size.
         TypeError: if data is not a floating tensor, or path has no ``coefficients`` method.
 
     Example:
@@ -79,25 +101,51 @@ class EmpiricalMarginal:
     """
 
     def __init__(self, data: Tensor, path: ProbPath, chunk_size: int = 2**22) -> None:
-        if not isinstance(data, Tensor):
-            raise TypeError(f"data must be a torch.Tensor of shape (N, *D); got {type(data).__name__}")
-        if data.dim() < 1 or data.shape[0] == 0:
-            raise ValueError(
-                f"data must hold at least one point, shape (N, *D) with N >= 1; got shape {tuple(data.shape)}"
-            )
-        check_batch(data, "data")
-        if not bool(torch.isfinite(data).all()):
-            raise ValueError("data must be finite; it holds NaN or inf")
+        _check_data(data)
         if not callable(getattr(path, "coefficients", None)):
             raise TypeError(
                 "path must have a coefficients(t) method giving p_t(x | x1) = N(alpha_t x1, sigma_t^2 I) "
                 f"(an AffinePath, GaussianPath or LinearPath); got {type(path).__name__}"
             )
         check_int(chunk_size, "chunk_size")
-        self.data = data
+        self._data = _tracked(data)
         self.path = path
         self.chunk_size = chunk_size
+        # (dtype, device) -> (the flat data cast there, their squared norms), for the data's version below
         self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._checked_version = self._data._version
+
+    @property
+    def data(self) -> Tensor:
+        """The data points x1^(i), shape ``(N, *D)``.
+
+        Assigning a new tensor (checked as at construction) or changing this one in place is followed
+        by every later query, whatever its dtype and device. Data made under ``torch.inference_mode()``
+        are copied (such tensors track no changes), so later changes to the original are not seen.
+        """
+        return self._data
+
+    @data.setter
+    def data(self, data: Tensor) -> None:
+        _check_data(data)
+        self._data = _tracked(data)
+        self._cache.clear()
+        self._checked_version = self._data._version
+
+    def _cast_data(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The data flattened to (N, F) in dtype on device, and their squared norms; cached until the data change."""
+        version = self._data._version  # bumped by every in-place change
+        if version != self._checked_version:
+            _check_data(self._data, changed=True)
+            self._cache.clear()
+            self._checked_version = version
+        key = (dtype, device)
+        if key not in self._cache:
+            # outside inference_mode, so that a copy cached there can be used by autograd later
+            with torch.inference_mode(False):
+                d = self._data.to(dtype=dtype, device=device).flatten(1)
+                self._cache[key] = (d, d.pow(2).sum(1))
+        return self._cache[key]
 
     def __repr__(self) -> str:
         return f"EmpiricalMarginal(N={self.data.shape[0]}, shape={tuple(self.data.shape[1:])}, path={self.path!r})"
@@ -128,11 +176,7 @@ class EmpiricalMarginal:
                 f"{self.path!r} has zero variance at t = {float(t[bad][0]):g}, where the marginal is a sum of "
                 "point masses; t must be < 1 (or use a path with sigma_t > 0 there, e.g. sigma_min > 0)"
             )
-        key = (t.dtype, x.device)
-        if key not in self._cache:
-            d = self.data.to(dtype=t.dtype, device=x.device).flatten(1)
-            self._cache[key] = (d, d.pow(2).sum(1))
-        d, dn = self._cache[key]
+        d, dn = self._cast_data(t.dtype, x.device)
         return x.flatten(1).to(t.dtype), t, c, d, dn
 
     def _logits(

@@ -15,7 +15,9 @@ from fmlib import (
     PolynomialScheduler,
     ProbPath,
     VPScheduler,
+    divergence,
     integrate,
+    log_likelihood,
 )
 
 PATHS = [GaussianPath(0.0), GaussianPath(0.05), LinearPath(0.0), LinearPath(0.2)]
@@ -261,3 +263,66 @@ def test_fast_and_autograd_paths_agree(gen):
         fast = m.velocity(x, 0.7)
     slow = m.velocity(x.clone().requires_grad_(), 0.7)
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-12, atol=1e-12)
+
+
+# --- the cast-data cache follows the data ---------------------------------------------------------------
+
+
+def two_point_posterior(x, t, sigma_min):
+    """p(z = first | x_t = x) for data {(1, 0), (-1, 0)} on GaussianPath(sigma_min): a logistic in x_1."""
+    s = 1 - (1 - sigma_min) * t
+    return torch.sigmoid(2 * t * x[:, 0] / s**2)
+
+
+def test_a_call_under_inference_mode_does_not_poison_later_autograd():
+    m = EmpiricalMarginal(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), GaussianPath(0.1))
+    x = torch.tensor([[0.5, 0.2]], dtype=torch.float64)  # a float64 query: the float32 data cast and cached
+    with torch.inference_mode():
+        first = m.velocity(x, 0.5)
+    # the divergence by autograd against one by central differences of the same field (float64)
+    h, e = 1e-6, torch.eye(2, dtype=torch.float64)
+    fd = sum((m.velocity(x + h * e[i], 0.5) - m.velocity(x - h * e[i], 0.5))[0, i] / (2 * h) for i in range(2))
+    torch.testing.assert_close(divergence(m.velocity, x, 0.5), fd.reshape(1), rtol=1e-7, atol=1e-9)
+    assert torch.isfinite(log_likelihood(m.velocity, x, steps=3)).all()
+    torch.testing.assert_close(m.velocity(x, 0.5), first)
+
+
+def test_reassigned_data_is_used_by_every_dtype():
+    data = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    m = EmpiricalMarginal(data, GaussianPath(0.1))
+    x = torch.tensor([[0.5, 0.2]], dtype=torch.float64)
+    torch.testing.assert_close(m.posterior(x, 0.5)[:, 0], two_point_posterior(x, 0.5, 0.1))
+    m.posterior(x.float(), 0.5)
+    m.data = -data  # the two points swap
+    for xq in (x, x.float()):
+        torch.testing.assert_close(m.posterior(xq, 0.5)[:, 1], two_point_posterior(xq, 0.5, 0.1))
+    assert m.data.shape == (2, 2) and torch.equal(m.data, -data)
+    with pytest.raises(ValueError, match="data must be finite"):
+        m.data = torch.full((2, 2), math.nan)
+    assert torch.equal(m.data, -data)  # a refused assignment changes nothing
+
+
+def test_data_changed_in_place_is_used_by_every_dtype():
+    m = EmpiricalMarginal(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), GaussianPath(0.1))
+    x = torch.tensor([[0.5, 0.2]], dtype=torch.float64)
+    m.posterior(x, 0.5), m.posterior(x.float(), 0.5)  # fill the cache for both dtypes
+    m.data.neg_()
+    for xq in (x, x.float()):
+        torch.testing.assert_close(m.posterior(xq, 0.5)[:, 1], two_point_posterior(xq, 0.5, 0.1))
+        torch.testing.assert_close(m.velocity(xq, 0.5), m.velocity(x, 0.5).to(xq.dtype))
+    m.data[0, 0] = math.inf
+    with pytest.raises(ValueError, match="data must be finite"):
+        m.velocity(x, 0.5)
+
+
+def test_data_made_under_inference_mode_serve_autograd_later():
+    with torch.inference_mode():
+        m = EmpiricalMarginal(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64), GaussianPath(0.1))
+        m.velocity(torch.zeros(1, 2, dtype=torch.float64), 0.5)
+    x = torch.tensor([[0.5, 0.2]], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m.log_prob(x, 0.5).sum(), x)
+    # d/dx log p_t(x) = (alpha_t xbar - x) / sigma_t^2, the score of the mixture
+    a, s = 0.5, 1 - 0.9 * 0.5
+    w = two_point_posterior(x.detach(), 0.5, 0.1)
+    xbar = torch.stack([2 * w - 1, torch.zeros_like(w)], 1)
+    torch.testing.assert_close(g, (a * xbar - x.detach()) / s**2)
