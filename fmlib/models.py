@@ -22,6 +22,10 @@ class MLP(nn.Module):
     ``model(x, t)``: x of shape ``(B, *D)``, t a float, 0-d tensor or shape (B,);
     the output has x's shape.
 
+    Precision: the network runs in its weights' dtype; after ``model.to(torch.bfloat16)`` (or
+    float16) pass x in that dtype (as :func:`~fmlib.integrate` does with such an x). The time
+    features are computed from float32 times and then cast to the weights' dtype.
+
     Args:
         dim: number of features of x ``(the product of *D)``, >= 1.
         hidden: width of the hidden layers.
@@ -62,9 +66,11 @@ class MLP(nn.Module):
         check_batch(x)
         if x[0].numel() != self.dim:
             raise ValueError(f"x must have {self.dim} features per sample; got shape {tuple(x.shape)}")
-        t = as_time(t, x, unit_interval=False)[:, None]
-        angles = t * self.freqs.to(x.dtype)
-        h = torch.cat([x.flatten(1), t, torch.sin(angles), torch.cos(angles)], dim=1)
+        t = as_time(t, x, unit_interval=False)[:, None]  # float32 for a half-precision x
+        angles = t * self.freqs.to(t.dtype)
+        # the time features in the weights' dtype, so a bfloat16/float16 network takes them
+        feats = torch.cat([t, torch.sin(angles), torch.cos(angles)], dim=1).to(self.net[0].weight.dtype)
+        h = torch.cat([x.flatten(1), feats], dim=1)
         return self.net(h).reshape(x.shape)
 
 
@@ -105,6 +111,9 @@ class DigitUNet(nn.Module):
     the label y through an embedding table with ``num_classes + 1`` rows (the last one is the null label,
     "no class"); their sum is the conditioning vector. The output layer starts at zero, so the untrained
     field is 0.
+
+    Precision: as :class:`MLP`, the network runs in its weights' dtype (bfloat16 or float16 after
+    ``.to(...)``, with x in that dtype); the time features come from float32 times, cast to that dtype.
 
     Label dropout (training with the null label) is not done here but in :func:`~fmlib.train` (``p_uncond=``).
 
@@ -174,7 +183,9 @@ class DigitUNet(nn.Module):
     def embed(self, t: Tensor, y: Tensor) -> Tensor:
         """The conditioning vector: MLP(sinusoidal features of t) + embedding of y, shape (B, emb_dim)."""
         angles = t[:, None] * self.freqs.to(t.dtype)
-        return self.time_mlp(torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)) + self.label_emb(y)
+        # the time features in the weights' dtype, so a bfloat16/float16 network takes them
+        feats = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(self.time_mlp[0].weight.dtype)
+        return self.time_mlp(feats) + self.label_emb(y)
 
     def forward(self, x: Tensor, t: float | Tensor, y: int | Tensor) -> Tensor:
         """The velocity v(x, t | y), shape of x.

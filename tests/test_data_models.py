@@ -1,5 +1,6 @@
 """Toy data, the MLP and the training loop."""
 
+import copy
 import math
 
 import pytest
@@ -75,3 +76,51 @@ def test_mlp_shapes_times_and_dtype():
     assert model.double()(x.double(), 0.1).dtype == torch.float64
     with pytest.raises(ValueError, match="x must have 4 features"):
         model.float()(torch.randn(3, 3), 0.5)
+
+
+# --- half precision: every network runs in bfloat16 and float16 -----------------------------------------
+
+
+def _relative_error(out, ref):
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+def _half_and_reference(model, half):
+    """The model in ``half``, and a float32 copy of exactly those (rounded) weights."""
+    low = copy.deepcopy(model).to(half)
+    return low, copy.deepcopy(low).float()
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
+def test_mlp_runs_in_half_precision_and_integrates(half):
+    torch.manual_seed(0)
+    low, ref = _half_and_reference(MLP(2, hidden=64, depth=3), half)
+    x = torch.randn(256, 2).to(half)
+    t = torch.rand(256)
+    with torch.no_grad():
+        out = low(x, t)
+        assert out.dtype == half and out.shape == x.shape
+        # one rounding per layer: a few units of the half type's precision, whatever the time
+        assert _relative_error(out, ref(x.float(), t)) < 4 * torch.finfo(half).eps
+        assert _relative_error(low(x, 0.3), ref(x.float(), 0.3)) < 4 * torch.finfo(half).eps
+        x1 = fmlib.integrate(low, x, steps=10, method="rk4")
+        assert x1.dtype == half
+        assert _relative_error(x1, fmlib.integrate(ref, x.float(), steps=10, method="rk4")) < 4 * torch.finfo(half).eps
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=str)
+def test_digit_unet_runs_in_half_precision_and_integrates(half):
+    torch.manual_seed(0)
+    net = fmlib.DigitUNet(channels=8, emb_dim=16)
+    torch.nn.init.normal_(net.out.weight, std=0.1)  # the output layer starts at 0: make the field non-zero
+    low, ref = _half_and_reference(net, half)
+    x = torch.randn(16, 1, 8, 8).to(half)
+    t, y = torch.rand(16), torch.arange(16) % 11
+    with torch.no_grad():
+        out = low(x, t, y)
+        assert out.dtype == half and out.shape == x.shape
+        assert _relative_error(out, ref(x.float(), t, y)) < 4 * torch.finfo(half).eps
+        x1 = fmlib.integrate(lambda x, t: low(x, t, 3), x, steps=5)
+        assert x1.dtype == half
+        want = fmlib.integrate(lambda x, t: ref(x, t, 3), x.float(), steps=5)
+        assert _relative_error(x1, want) < 4 * torch.finfo(half).eps
