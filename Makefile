@@ -48,7 +48,8 @@ help:
 	@echo "make lint      ruff on fmlib/, tests/, benchmarks/, tools/ and examples/, mypy on fmlib/"
 	@echo "make bench     the benchmarks the book reads, in sequence: compare_2d (fmlib beside torchcfm and"
 	@echo "               flow_matching, 15-35 min), couplings (what a minibatch OT coupling costs, 10-25 min),"
-	@echo "               training_recipes (schedules, EMA, time sampling, 1.5 h): 2-2.5 hours on 2 shared cores"
+	@echo "               training_recipes (schedules, EMA, time sampling, 1.5 h), training_scale (train's"
+	@echo "               overhead, precision, compile, processes, 10 min): 2-2.5 hours on 2 shared cores"
 	@echo "make gpu-test  on a CUDA machine: a CUDA smoke check, then every chapter with nbval, timed"
 	@echo "               (PYTHON_ENV=system PYTHON=python3: use that Python and its own CUDA torch, no venv)"
 	@echo "make clean     remove _build/"
@@ -77,12 +78,13 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
 # The benchmarks behind book/benchmarks.ipynb (and chapters 9 and 10), one after the other, each writing
 # benchmarks/results/NAME.json. Times of the stored runs on one core each, beside another job: compare_2d 20 min,
 # couplings 23 min, training_recipes 26 min (its stored result: the recipes of RECIPES_ARGS, all three tasks),
-# about 70 minutes in all.
+# training_scale 10 min (alone on the machine: it times steps), about 80 minutes in all.
 RECIPES_ARGS := --recipes constant_3e-3 constant cosine ema default default_logit_normal
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/compare_2d.py
 	$(BIN)/python benchmarks/couplings.py
 	$(BIN)/python benchmarks/training_recipes.py $(RECIPES_ARGS)
+	$(BIN)/python benchmarks/training_scale.py
 
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules
