@@ -84,6 +84,13 @@ def worker(rank, world, port, out_dir):
         result["jvp_grad"] = [p.grad.clone() for p in net.parameters()]
         # (4) the JVP taken through the wrapper itself
         result["direct_jvp_error"] = direct_jvp_error()
+        # (5) sampling split across ranks: the same seed on every rank draws the same noise (duplicate samples);
+        # a seed per rank, gathered, gives distinct samples on every rank
+        result["same_seed_noise"] = torch.randn(4, 2, generator=torch.Generator().manual_seed(7))
+        own = torch.randn(4, 2, generator=torch.Generator().manual_seed(7 + rank))
+        gathered = [torch.empty_like(own) for _ in range(world)]
+        dist.all_gather(gathered, own)
+        result["gathered_noise"] = torch.cat(gathered)
         result["x"], result["t"] = x, t
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
             pickle.dump(result, f)

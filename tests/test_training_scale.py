@@ -334,3 +334,14 @@ def test_a_jvp_taken_through_the_ddp_wrapper_fails_on_this_torch(two_ranks):
     _, (r0, r1) = two_ranks
     for r in (r0, r1):
         assert r["direct_jvp_error"] is not None and "in-place operation" in r["direct_jvp_error"]
+
+
+def test_sampling_split_across_ranks_needs_a_seed_per_rank_and_a_gather(two_ranks):
+    """Pitfall: every rank holds the same model; with the same seed every rank draws the same noise, so N ranks
+    produce N copies of the same samples. A seed per rank (seed + rank) and all_gather give N distinct shares."""
+    _, (r0, r1) = two_ranks
+    assert torch.equal(r0["same_seed_noise"], r1["same_seed_noise"])
+    expected = torch.cat([torch.randn(4, 2, generator=torch.Generator().manual_seed(7 + r)) for r in range(2)])
+    for r in (r0, r1):
+        assert torch.equal(r["gathered_noise"], expected)
+    assert not torch.equal(expected[:4], expected[4:])
