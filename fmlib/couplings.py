@@ -38,6 +38,10 @@ Coupling = Callable[[Tensor, Tensor], Tensor]
 # (about 0.13 s against 0.22 s at B = 512).
 _SCIPY_MAX = 256
 
+# exp(-c) underflows float64's normal range (about 2.2e-308) above c = 708; beyond 700, the plain Sinkhorn
+# iterations lose the kernel's entries.
+_UNDERFLOW = 700.0
+
 
 def _points(x: Tensor, name: str) -> Tensor:
     check_batch(x, name)
@@ -231,17 +235,21 @@ def _sinkhorn_pairs(
             f"reg={reg:g} is out of float64's range for points of magnitude {unit:g}: reg / {unit:g}^2 = {reg_u:g}"
         )
     if method == "sinkhorn":
-        # exp(-C / reg) underflows to 0 (float64) once C / reg exceeds about 745: a row of zeros has no
-        # scaling that meets its marginal, and the plain iterations divide 0 by 0.
-        row_min = cost.min(axis=1)
-        worst = float(row_min.max() / reg_u)
-        if worst > 700.0:
-            raise ValueError(
-                f"reg={reg:g} underflows Sinkhorn: exp(-cost / reg) is 0 for every partner of some row "
-                f"(smallest cost of that row / reg = {worst:.3g} > 700). Use a larger reg (for these points "
-                f"reg > {float(row_min.max()) / 700 * unit * unit:.3g}), method='sinkhorn_log', or ot_assignment "
-                "for exact OT."
-            )
+        # exp(-C / reg) underflows to 0 (float64) once C / reg exceeds about 745. A row of zeros (an x0 point
+        # far from every x1) has no scaling that meets its marginal, and the plain iterations divide 0 by 0; a
+        # column of zeros (an x1 outlier far from every x0) never receives mass, so it is never drawn, whatever
+        # the number of iterations. The log-domain iterations handle both.
+        row_least, col_least = cost.min(axis=1), cost.min(axis=0)
+        need = max(float(row_least.max()), float(col_least.max())) / _UNDERFLOW * unit * unit
+        for least, side, what in ((row_least, "x0", "place its mass"), (col_least, "x1", "ever draw it")):
+            worst = float(least.max() / reg_u)
+            if worst > _UNDERFLOW:
+                raise ValueError(
+                    f"reg={reg:g} underflows Sinkhorn: exp(-cost / reg) is 0 for every partner of "
+                    f"{side}[{int(least.argmax())}] (its smallest cost / reg = {worst:.3g} > {_UNDERFLOW:g}), so "
+                    f"the plain iterations cannot {what}. Use method='sinkhorn_log' (log-domain iterations, the "
+                    f"same plan), a larger reg (for these points reg > {need:.3g}), or ot_assignment for exact OT."
+                )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plan = ot.sinkhorn(
@@ -256,10 +264,14 @@ def _sinkhorn_pairs(
         )
     miss = float(np.abs(plan.sum(axis=0) * n - 1.0).max())
     if miss > 1e-2:
+        if method == "sinkhorn" and float(cost.max()) / reg_u > _UNDERFLOW:
+            # some entries of exp(-cost / reg) are 0: more iterations may not help, the log domain does
+            advice = "exp(-cost / reg) underflows to 0 for some pairs: use method='sinkhorn_log', or raise reg"
+        else:
+            advice = "raise num_iter or reg"
         warnings.warn(
             f"Sinkhorn ({method}, reg={reg:g}) did not converge in num_iter={num_iter} iterations: the plan's "
-            f"column sums miss 1/B by up to {100 * miss:.3g}%, so x1 rows are not used once in expectation; "
-            "raise num_iter or reg",
+            f"column sums miss 1/B by up to {100 * miss:.3g}%, so x1 rows are not used once in expectation; " + advice,
             UserWarning,
             stacklevel=3,
         )
@@ -292,7 +304,9 @@ def sinkhorn_coupling(
         reg: entropic regularisation, > 0, in the units of the cost (squared distance).
         generator: random generator for drawing the partners (its device is used for the draw).
         method: ``"sinkhorn"`` (plain iterations, fast) or ``"sinkhorn_log"`` (log-domain, slower, does not
-            underflow at small reg).
+            underflow at small reg). The plain iterations work on exp(-cost / reg), which is 0 in float64
+            once cost / reg > about 745: they refuse a batch where that holds for every partner of an x0
+            point or of an x1 point (an outlier, which they could never draw); use ``"sinkhorn_log"`` there.
         num_iter: the most Sinkhorn iterations, >= 1.
         tol: stopping threshold on the marginal error, > 0.
 
@@ -302,13 +316,16 @@ def sinkhorn_coupling(
     Raises:
         ValueError: reg or tol not finite and > 0, an unknown method, num_iter < 1 (at once); at call
             time, the errors of :func:`ot_assignment` and a ``reg`` so small for the plain method that
-            ``exp(-cost / reg)`` underflows (the message gives the smallest reg that works).
+            ``exp(-cost / reg)`` underflows for every partner of some x0 or x1 point (the message names the
+            point and gives the smallest reg that works, or ``method="sinkhorn_log"``).
         TypeError: reg, tol or num_iter not a number of the right kind, method not a string, generator
             not a torch.Generator.
 
     Warns:
         UserWarning: at call time, when the iterations stop before the plan's column sums are within 1% of
-            1/B (small reg needs many iterations, especially with ``"sinkhorn_log"``).
+            1/B (small reg needs many iterations, especially with ``"sinkhorn_log"``); the message says to
+            switch to ``"sinkhorn_log"`` when the plain kernel has underflowed entries, where more
+            iterations need not help.
 
     Example:
         >>> import torch

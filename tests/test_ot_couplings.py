@@ -273,3 +273,39 @@ def test_reflow_pairs_detach_and_report_blow_up():
         reflow_pairs(lambda x, t: x**2, torch.full((2, 1), 2.0), steps=100)
     with pytest.raises(ValueError, match="x0 must be finite"):
         reflow_pairs(lambda x, t: x, torch.tensor([[math.nan]]), steps=1)
+
+
+def _two_point_share(x0, x1, reg):
+    """Closed form of the 2x2 entropic plan with uniform marginals: P = [[a, 1/2 - a], [1/2 - a, a]] and
+    P_00 P_11 / (P_01 P_10) = exp(-(C_00 + C_11 - C_01 - C_10) / reg), so a / (1/2 - a) = sqrt of that; the
+    returned 2a is the chance that each row is drawn with the partner of the same index."""
+    c = _np_cost(x0, x1)
+    r = math.exp(-(c[0, 0] + c[1, 1] - c[0, 1] - c[1, 0]) / (2 * reg))
+    return r / (1 + r)
+
+
+def test_sinkhorn_pairs_an_outlier_whose_kernel_column_underflows():
+    # x1 = (0, L): every exp(-C / reg) of the outlier's column is below float64's range (999^2 / 1000 = 998 >
+    # 745), yet the entropic plan pairs x0 = 1 with it with probability e / (1 + e) = 0.731. m copies of each
+    # point have the same plan shares (by symmetry), so one call draws m partners for the copies of x0 = 1.
+    m = 200
+    x0 = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    x1 = torch.tensor([[0.0], [1000.0]], dtype=torch.float64)
+    q = _two_point_share(x0, x1, 1000.0)
+    assert abs(q - math.e / (1 + math.e)) < 1e-12
+    # the plain iterations cannot give that column any mass: refused, and the message says what works
+    with pytest.raises(ValueError, match=r"reg=1000 underflows.*x1\[1\].*method='sinkhorn_log'"):
+        sinkhorn_coupling(1000.0)(x0, x1)
+    coupling = sinkhorn_coupling(1000.0, generator=torch.Generator().manual_seed(0), method="sinkhorn_log")
+    pi = coupling(x0.repeat_interleave(m, 0), x1.repeat_interleave(m, 0))
+    share = float((pi[m:] >= m).double().mean())
+    assert abs(share - q) < 4 * math.sqrt(q * (1 - q) / m), share
+    # the near-certain case: probability 1 - 1 / (1 + e^10) = 0.99995 of pairing the outlier
+    x1 = torch.tensor([[0.0], [100.0]], dtype=torch.float64)
+    assert abs(_two_point_share(x0, x1, 10.0) - 0.9999546) < 1e-7
+    with pytest.raises(ValueError, match=r"underflows.*x1\[1\]"):
+        sinkhorn_coupling(10.0)(x0, x1)
+    coupling = sinkhorn_coupling(10.0, generator=torch.Generator().manual_seed(0), method="sinkhorn_log")
+    m = 20  # iterations converge slowly here (the kernel's Hilbert contraction is tanh(5)): keep the problem small
+    pi = coupling(x0.repeat_interleave(m, 0), x1.repeat_interleave(m, 0))
+    assert int((pi[m:] >= m).sum()) >= m - 1  # expected misses: m / (1 + e^10) = 0.001
