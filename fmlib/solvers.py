@@ -187,7 +187,8 @@ def register_solver(name: str, step: StepFunction, order: int, nfe_per_step: int
 
     Args:
         name: the method's name, a non-empty string.
-        step: ``step(v, x, t, dt) -> x_next`` (see :class:`FixedStepMethod`).
+        step: ``step(v, x, t, dt) -> x_next`` (see :class:`FixedStepMethod`); :func:`integrate` hands
+            it a copy of the state, so it may update x in place.
         order: its global order, an int >= 1.
         nfe_per_step: evaluations of v per step, an int >= 1.
         overwrite: replace a method registered earlier under ``name`` (never a built-in one).
@@ -315,7 +316,9 @@ def integrate(
         steps: number of steps, an int >= 1 (the step is (t1 - t0) / steps).
         method: a name registered in :data:`SOLVERS` (``"euler"``, ``"midpoint"``, ``"heun"``,
             ``"rk4"`` and any added with :func:`register_solver`), a :class:`FixedStepMethod`, or a
-            step function ``step(v, x, t, dt) -> x_next`` (t a float, dt the signed step).
+            step function ``step(v, x, t, dt) -> x_next`` (t a float, dt the signed step). A step
+            function of the user's is handed a copy of the state, so one that updates x in place
+            (``x.add_(...)``) overwrites neither the caller's x nor the stored trajectory.
         trajectory: if True, return every state.
 
     Returns:
@@ -343,8 +346,11 @@ def integrate(
     field = v if dtype == low else (lambda y, s: v(y.to(low), s).to(dtype))
     state = x.to(dtype)
     states = [x] if trajectory else None
+    # a step function of the user's may update its x in place (x.add_(...)): it gets a copy, so the caller's x
+    # and the states already stored in the trajectory are never overwritten; the built-in steps do not need one
+    pure = any(step is m.step for m in _BUILT_IN.values())
     for k in range(steps):
-        state = step(field, state, grid[k], grid[k + 1] - grid[k])
+        state = step(field, state if pure else state.clone(), grid[k], grid[k + 1] - grid[k])
         if not isinstance(state, Tensor) or state.shape != x.shape:
             got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
             raise ValueError(f"method's step must return a tensor of x's shape {tuple(x.shape)}; got {got}")

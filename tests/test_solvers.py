@@ -390,3 +390,25 @@ def test_adaptive_limits_hold_under_python_optimize():
     assert "optimize: 1" in out.stdout
     assert "blow-up: the solution blows up near t = 0.500" in out.stdout
     assert "bound: integrate_adaptive took more than max_steps = 5 steps" in out.stdout
+
+
+def inplace_euler_step(v, x, t, dt):
+    """Euler written in place, as a user might: x += dt v(x, t), returning x itself."""
+    return x.add_(dt * v(x, torch.full((x.shape[0],), t, dtype=x.dtype)))
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float64", "bfloat16"])
+def test_an_in_place_step_leaves_the_caller_and_the_trajectory_intact(registry, half):
+    register_solver("inplace_euler", inplace_euler_step, order=1, nfe_per_step=1)
+    dtype = torch.bfloat16 if half else torch.float64
+    x0 = torch.tensor([[1.0], [-2.0]], dtype=dtype)
+    kept = x0.clone()
+    # dx/dt = x with Euler, h = 1/4: x_k = x0 (1 + 1/4)^k, written out by hand
+    want = torch.stack([x0.double() * 1.25**k for k in range(5)]).to(dtype)
+    for method in ("inplace_euler", inplace_euler_step):
+        traj = integrate(lambda x, t: x, x0, steps=4, method=method, trajectory=True)
+        assert torch.equal(x0, kept)  # the caller's x0 is untouched
+        torch.testing.assert_close(traj, want)  # every stored state is its own
+        end = integrate(lambda x, t: x, x0, steps=4, method=method)
+        assert torch.equal(x0, kept)
+        torch.testing.assert_close(end, want[-1])
