@@ -105,15 +105,17 @@ def guided_velocity(model: Callable[..., Tensor], y: int | Tensor, w: float) -> 
 
     Args:
         model: conditional velocity model ``model(x, t, y)`` with an int attribute ``num_classes``.
-        y: the class of each sample: an int (the same for all) or an integer tensor of shape (B,)
-            with values in 0..num_classes - 1.
+        y: the class of each sample: an int or a 0-d integer tensor (the same for all, at any batch
+            size) or an integer tensor of shape (B,), with values in 0..num_classes - 1.
         w: guidance scale, finite and >= 0.
 
     Returns:
         A velocity field ``v(x, t)`` for :func:`~fmlib.integrate`.
 
     Raises:
-        ValueError: if w < 0, y is out of range, or (when called) y does not match x's batch.
+        ValueError: if w < 0, y is out of range, or (when called) a y of shape (B,) does not match
+            x's batch.
+        TypeError: if model has no int ``num_classes`` or y is not an int or an integer tensor.
 
     Example:
         >>> import torch
@@ -130,7 +132,9 @@ def guided_velocity(model: Callable[..., Tensor], y: int | Tensor, w: float) -> 
             f"model must have an int attribute num_classes (the null label); got {type(num_classes).__name__}"
         )
     if isinstance(y, Tensor):
-        y = check_labels(y, y.shape[0] if y.dim() else 1, num_classes, allow_null=False)
+        checked = check_labels(y, y.shape[0] if y.dim() else 1, num_classes, allow_null=False)
+        # a 0-d label stays 0-d: the same class for every sample, expanded to each call's batch
+        y = checked if y.dim() else checked[0]
     else:
         check_labels(y, 1, num_classes, allow_null=False)
 

@@ -194,6 +194,20 @@ def test_guided_velocity_matches_model_calls():
     assert torch.allclose(guided_velocity(model, 3, 2.0)(x, t), cfg_combine(model(x, t, 3), v_u, 2.0), atol=1e-6)
 
 
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
+def test_guided_velocity_with_a_0d_label_is_that_class_for_every_sample(w):
+    model = randomise_output(small_model())
+    x, t = torch.randn(4, 1, 8, 8), torch.rand(4)
+    v_c, v_u = model(x, t, torch.full((4,), 3)), model(x, t, torch.full((4,), NUM_CLASSES))
+    with torch.no_grad():
+        got = guided_velocity(model, torch.tensor(3), w)(x, t)
+        torch.testing.assert_close(got, v_u + w * (v_c - v_u), atol=1e-6, rtol=1e-5)
+        # the same field at another batch size
+        assert guided_velocity(model, torch.tensor(3), w)(x[:1], t[:1]).shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match="y"):
+        guided_velocity(model, torch.tensor(10), w)  # the null label as a 0-d tensor: refused at once
+
+
 def test_guided_velocity_works_with_integrate_and_checks_labels():
     model = randomise_output(small_model())
     x1 = integrate(guided_velocity(model, torch.arange(6) % 10, 2.0), torch.randn(6, 1, 8, 8), steps=3)
