@@ -427,10 +427,14 @@ class VPScheduler(Scheduler):
     def time_for_snr(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         """Closed form: T = log(1 + sigma^2 / alpha^2), then 1 - t solves the quadratic T(t) = T.
 
-        See :meth:`Scheduler.time_for_snr`.
+        T is computed as log1p((sigma / alpha)^2) where sigma <= alpha (high SNR: no cancellation as
+        T -> 0, so t keeps its digits next to 1), and as log1p((alpha / sigma)^2) - 2 log(alpha / sigma)
+        elsewhere (no overflow of the squared ratio). See :meth:`Scheduler.time_for_snr`.
         """
         alpha, sigma = _snr_pair(alpha, sigma)
-        big_t = 2 * (torch.log(torch.hypot(alpha, sigma)) - torch.log(alpha))
+        high = sigma <= alpha
+        ratio = torch.where(high, sigma, alpha) / torch.where(high, alpha, sigma)  # in [0, 1]
+        big_t = torch.log1p(ratio**2) - 2 * torch.log(torch.where(high, torch.ones_like(ratio), ratio))
         spread = self.beta_max - self.beta_min
         s = 2 * big_t / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * spread * big_t))
         if bool((~torch.isfinite(s) | (s > 1 + 8 * torch.finfo(s.dtype).eps)).any()):

@@ -353,3 +353,23 @@ def test_change_scheduler_with_a_bfloat16_state_calls_v_with_float32_times():
     assert seen["dtypes"] == (torch.bfloat16, torch.float32)
     reference = field(x.float(), 0.999)  # the same computation on the float32 state
     torch.testing.assert_close(out.float(), reference, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e6, 1e-6, 1e100, 1e-100])
+def test_vp_time_for_snr_keeps_its_digits_at_high_snr(scale):
+    # choose s = 1 - t first: T = beta_min s + (beta_max - beta_min) s^2 / 2 and sigma / alpha = sqrt(e^T - 1)
+    # (expm1: accurate to a few ulps), at any common scale of the pair; then t = 1 - s is the exact answer
+    sched = VPScheduler()
+    s = torch.tensor([1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12, 1e-14], dtype=F64)
+    big_t = sched.beta_min * s + 0.5 * (sched.beta_max - sched.beta_min) * s**2
+    alpha = torch.full_like(s, scale)
+    sigma = scale * torch.sqrt(torch.expm1(big_t))
+    got = sched.time_for_snr(alpha, sigma)
+    # 1 - s rounds to the float64 grid near 1 (spacing 1.1e-16): one ulp is all that is left
+    torch.testing.assert_close(got, 1 - s, rtol=0, atol=2.3e-16)
+    # and at low SNR, where sigma / alpha is large, as before (through the schedule's own values)
+    t = torch.tensor([0.0, 1e-3, 0.1], dtype=F64)
+    c = sched(t)
+    torch.testing.assert_close(sched.time_for_snr(c.alpha_t * scale, c.sigma_t * scale), t, rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="below its range"):
+        sched.time_for_snr(torch.tensor([0.0], dtype=F64), torch.tensor([1.0], dtype=F64))
