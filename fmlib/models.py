@@ -69,7 +69,7 @@ class MLP(nn.Module):
         t = as_time(t, x, unit_interval=False)[:, None]  # float32 for a half-precision x
         angles = t * self.freqs.to(t.dtype)
         # the time features in the weights' dtype, so a bfloat16/float16 network takes them
-        feats = torch.cat([t, torch.sin(angles), torch.cos(angles)], dim=1).to(self.net[0].weight.dtype)
+        feats = torch.cat([t, torch.sin(angles), torch.cos(angles)], dim=1).to(next(self.net.parameters()).dtype)
         h = torch.cat([x.flatten(1), feats], dim=1)
         return self.net(h).reshape(x.shape)
 
@@ -184,7 +184,7 @@ class DigitUNet(nn.Module):
         """The conditioning vector: MLP(sinusoidal features of t) + embedding of y, shape (B, emb_dim)."""
         angles = t[:, None] * self.freqs.to(t.dtype)
         # the time features in the weights' dtype, so a bfloat16/float16 network takes them
-        feats = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(self.time_mlp[0].weight.dtype)
+        feats = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(next(self.time_mlp.parameters()).dtype)
         return self.time_mlp(feats) + self.label_emb(y)
 
     def forward(self, x: Tensor, t: float | Tensor, y: int | Tensor) -> Tensor:
