@@ -75,14 +75,49 @@ class PathSample:
     x1: Tensor
 
 
-class ProbPath(ABC):
+class _ReadOnlyParameters:
+    """The attributes named in ``_parameters`` are set once, in ``__init__``, and never reassigned or deleted.
+
+    A path or scheduler computes with the values it was built with (some are copied into a scheduler or
+    checked at construction), so a later ``path.sigma_min = 0.5`` would change what it reports but not
+    what it computes; it raises AttributeError instead. Copies and pickles are unaffected.
+    """
+
+    _parameters: tuple[str, ...] = ()
+    _kind = "object"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._parameters and name in self.__dict__:
+            raise self._read_only(name, value)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._parameters:
+            raise self._read_only(name, None)
+        super().__delattr__(name)
+
+    def _read_only(self, name: str, value: object) -> AttributeError:
+        cls = type(self).__name__
+        example = f", e.g. {cls}({name}={value!r})" if value is not None else ""
+        return AttributeError(
+            f"{self!r}: {cls}.{name} is read-only (it is fixed when the {self._kind} is built); "
+            f"build a new {cls} instead{example}"
+        )
+
+
+class ProbPath(_ReadOnlyParameters, ABC):
     """Abstract conditional probability path p_t(x | z) with velocity u_t(x | z).
 
     A subclass defines how to draw x_t given a source draw ``x0`` and a data
     point ``x1`` (:meth:`sample`), the conditional velocity field
     (:meth:`conditional_velocity`) and, where it exists, the conditional
     log-density (:meth:`log_prob`). See Lipman et al. (2023), Section 3.
+
+    The parameters of fmlib's paths (``sigma``, ``sigma_min``, ``scheduler``) are read-only:
+    assigning one raises AttributeError; build a new path instead.
     """
+
+    _kind = "path"
 
     @abstractmethod
     def sample(self, x0: Tensor, x1: Tensor, t: float | Tensor, generator: torch.Generator | None = None) -> PathSample:
@@ -200,7 +235,7 @@ def _bisect_time(values: Callable[[Tensor], tuple[Tensor, Tensor]], alpha: Tenso
     return 0.5 * (lo + hi)
 
 
-class Scheduler(ABC):
+class Scheduler(_ReadOnlyParameters, ABC):
     """A schedule t -> (alpha_t, sigma_t) for the affine path x_t = alpha_t x1 + sigma_t x0.
 
     Calling a scheduler on times t (a float, or a floating tensor of any shape with values in
@@ -209,12 +244,15 @@ class Scheduler(ABC):
     alpha_t / sigma_t must increase with t. Lipman et al. (2024), Section 4.8.
 
     A subclass implements ``_values(t)`` (no input checks) and, where it has one, a closed-form
-    :meth:`time_for_snr`.
+    :meth:`time_for_snr`. The built-in schedulers' parameters (``sigma_min``, ``n``, ``beta_min``,
+    ``beta_max``) are read-only: assigning one raises AttributeError; build a new scheduler instead.
 
     Raises:
         TypeError: if t is not a float or a floating tensor.
         ValueError: if t holds values outside [0, 1] or NaN.
     """
+
+    _kind = "scheduler"
 
     def __call__(self, t: float | Tensor) -> SchedulerOutput:
         return self._values(_scheduler_time(t))
@@ -277,6 +315,8 @@ class CondOTScheduler(Scheduler):
         >>> float(s.alpha_t), float(s.sigma_t), float(s.d_alpha_t), float(s.d_sigma_t)
         (0.25, 0.75, 1.0, -1.0)
     """
+
+    _parameters: tuple[str, ...] = ("sigma_min",)
 
     def __init__(self, sigma_min: float = 0.0) -> None:
         sigma_min = _check_real(sigma_min, "sigma_min", "a float in [0, 1)")
@@ -346,6 +386,8 @@ class PolynomialScheduler(Scheduler):
         (0.25, 0.75, 1.0, -1.0)
     """
 
+    _parameters: tuple[str, ...] = ("n",)
+
     def __init__(self, n: float) -> None:
         n = _check_real(n, "n", "a finite float >= 1")
         if n < 1:
@@ -396,6 +438,8 @@ class VPScheduler(Scheduler):
         >>> round(float(s.alpha_t), 5), round(float(s.alpha_t**2 + s.sigma_t**2), 12)
         (0.00657, 1.0)
     """
+
+    _parameters: tuple[str, ...] = ("beta_min", "beta_max")
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         beta_min = _check_real(beta_min, "beta_min", "a finite float > 0")
@@ -483,6 +527,8 @@ class AffinePath(ProbPath):
         >>> torch.allclose(path.x1_to_velocity(path.velocity_to_x1(v, x, t), x, t), v)
         True
     """
+
+    _parameters: tuple[str, ...] = ("scheduler",)
 
     def __init__(self, scheduler: Scheduler) -> None:
         if not isinstance(scheduler, Scheduler):
@@ -849,6 +895,8 @@ class LinearPath(AffinePath):
         (tensor([[ 1.5000, -0.5000]]), tensor([[2., 2.]]))
     """
 
+    _parameters: tuple[str, ...] = ("scheduler", "sigma")
+
     def __init__(self, sigma: float = 0.0) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise TypeError(f"sigma must be a float >= 0; got {type(sigma).__name__}")
@@ -976,6 +1024,8 @@ class GaussianPath(AffinePath):
         tensor([[2., 4.]])
     """
 
+    _parameters: tuple[str, ...] = ("scheduler", "sigma_min")
+
     def __init__(self, sigma_min: float = 0.0) -> None:
         if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float)):
             raise TypeError(f"sigma_min must be a float in [0, 1); got {type(sigma_min).__name__}")
@@ -1026,6 +1076,8 @@ class SchrodingerBridgePath(ProbPath):
         >>> path.conditional_velocity(torch.tensor([[0.5, 0.75]]), 0.25, x0=x0, x1=x1)
         tensor([[1.3333, 1.6667]])
     """
+
+    _parameters: tuple[str, ...] = ("sigma",)
 
     def __init__(self, sigma: float) -> None:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):

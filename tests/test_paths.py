@@ -1,6 +1,8 @@
 """Conditional paths: expected values from the path formulas, finite differences and torch.distributions."""
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from fmlib import (
     LinearPath,
     PathSample,
     PolynomialScheduler,
+    SchrodingerBridgePath,
     VPScheduler,
 )
 
@@ -240,3 +243,53 @@ def test_non_tensor_and_integer_inputs_raise_type_error():
         LinearPath().sample([[0.0]], torch.zeros(1, 1), 0.5)
     with pytest.raises(TypeError, match="floating dtype"):
         LinearPath().sample(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1), 0.5)
+
+
+# --- parameters are read-only: the value a path reports is the value it computes with --------------------
+
+READ_ONLY = [
+    (lambda: GaussianPath(0.0), "sigma_min", 0.5),
+    (lambda: LinearPath(0.0), "sigma", 0.5),
+    (lambda: AffinePath(CosineScheduler()), "scheduler", PolynomialScheduler(2)),
+    (lambda: SchrodingerBridgePath(0.5), "sigma", 2.0),
+    (lambda: CondOTScheduler(0.0), "sigma_min", 0.5),
+    (lambda: PolynomialScheduler(2), "n", 3.0),
+    (VPScheduler, "beta_min", 1.0),
+    (VPScheduler, "beta_max", 5.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "name", "value"), READ_ONLY, ids=[f"{m().__class__.__name__}.{n}" for m, n, _ in READ_ONLY]
+)
+def test_parameters_are_read_only(make, name, value, gen):
+    obj = make()
+    before = repr(obj)
+    kind = type(obj).__name__
+    with pytest.raises(AttributeError, match=rf"{kind}.*{name} is read-only.*new {kind}"):
+        setattr(obj, name, value)
+    with pytest.raises(AttributeError, match="read-only"):
+        delattr(obj, name)
+    assert repr(obj) == before
+    # still what it was built with, in what it reports and in what it computes
+    t = torch.tensor([0.3, 0.6], dtype=torch.float64)
+    if isinstance(obj, GaussianPath):
+        assert obj.sigma_min == 0.0 and torch.equal(obj.std(t), 1 - t)
+        torch.testing.assert_close(obj.coefficients(t).sigma_t, 1 - t)
+    elif isinstance(obj, LinearPath):
+        x0, x1 = draw(gen, b=2)
+        torch.testing.assert_close(obj.sample(x0, x1, t).x_t, (1 - t[:, None]) * x0 + t[:, None] * x1)
+    elif isinstance(obj, AffinePath):
+        torch.testing.assert_close(obj.coefficients(t).alpha_t, torch.sin(math.pi / 2 * t))
+    elif isinstance(obj, SchrodingerBridgePath):
+        torch.testing.assert_close(obj.std(t), 0.5 * torch.sqrt(t * (1 - t)))
+    elif isinstance(obj, CondOTScheduler):
+        torch.testing.assert_close(obj(t).sigma_t, 1 - t)
+    elif isinstance(obj, PolynomialScheduler):
+        torch.testing.assert_close(obj(t).alpha_t, t**2)
+    else:  # VP with the defaults (0.1, 20): alpha_t = exp(-T / 2), T = 0.1 s + 9.95 s^2
+        s = 1 - t
+        torch.testing.assert_close(obj(t).alpha_t, torch.exp(-0.5 * (0.1 * s + 9.95 * s**2)))
+    # other attributes, copies and pickles are unaffected
+    obj.note = "free"
+    assert copy.deepcopy(obj).__repr__() == before and pickle.loads(pickle.dumps(obj)).__repr__() == before
