@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +125,21 @@ clip_grad_norm=None, time_sampler=None)
         return cls(lr=lr, schedule="constant", ema=None)
 
     def signature(self) -> dict[str, str]:
-        """Each field as text (callables by their repr): what a checkpoint stores to recognise its recipe."""
-        return {f.name: repr(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Each field as text: what a checkpoint stores to recognise its recipe.
+
+        Values by their repr; a function by its module and qualified name, and an object whose repr holds a memory
+        address by its class, so the same recipe gives the same signature in another process.
+        """
+        return {f.name: _describe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    if " at 0x" not in text:
+        return text
+    if hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 class TrainingRecord(list):
@@ -144,9 +157,10 @@ class TrainingRecord(list):
             weights when EMA is on); empty without ``eval_data``.
         callback_values: what ``callback(step, model)`` returned at those steps (rank 0 only).
         best_step: with ``keep_best``, the evaluated step whose weights the model carries at the end.
-        ema: the :class:`~fmlib.EMA` (or None); its averages are in the returned model.
-        final_weights: the training (non-averaged) parameters after the last step, by parameter name
-            (None without EMA: then they are the model's).
+        ema: the :class:`~fmlib.EMA` (or None); its averages are in the returned model (unless ``keep_best``
+            put the best evaluated weights there).
+        final_weights: the training (non-averaged) parameters after the last step, by parameter name, when the
+            model ends with other weights (EMA or ``keep_best``); None otherwise (then they are the model's).
         optimizer: the optimiser, with its state.
         checkpoints: the checkpoint files this run wrote.
         seconds: wall time of the loop, evaluations and checkpoints excluded.
@@ -285,8 +299,8 @@ def _split_item(batch: object, where: str) -> tuple[Tensor, Tensor | None]:
         if len(batch) == 1:
             return batch[0], None
         y = batch[1]
-        if isinstance(y, int) and not isinstance(y, bool):
-            return batch[0], torch.tensor(y)
+        if isinstance(y, Integral) and not isinstance(y, bool):
+            return batch[0], torch.tensor(int(y))
         if isinstance(y, Tensor):
             return batch[0], y
     raise TypeError(f"{where} must yield x1 or (x1, y) as tensors (y may be an int label); got {type(batch).__name__}")
@@ -367,6 +381,20 @@ def _load_checkpoint(resume: str | os.PathLike, device: torch.device) -> tuple[d
     if not isinstance(state, dict) or state.get("format") != "fmlib.train/1":
         raise ValueError(f"resume: {path} is not a checkpoint written by fmlib.train")
     return state, path
+
+
+def _plan(
+    batch_size: int | None, precision: str, n: int, shape: tuple[int, ...], dtype: torch.dtype, keep_best: bool
+) -> dict[str, Any]:
+    """What besides the model and recipe a resumed run must repeat: batch size, precision, the data's form."""
+    return {
+        "batch_size": batch_size,
+        "precision": precision,
+        "data_rows": n,
+        "data_shape": list(shape),
+        "data_dtype": str(dtype),
+        "keep_best": keep_best,
+    }
 
 
 def _check_resume(state: dict[str, Any], model: nn.Module, recipe: Recipe, steps: int, path: Path) -> None:
@@ -458,7 +486,8 @@ def train(
         coupling: an index-returning ``coupling(x0, x1) -> pi`` (or ``fmlib.minibatch_ot``), applied to
             each minibatch (see :func:`~fmlib.cfm_loss`); labels follow their rows.
         source: samples of a non-Gaussian source, shape ``(N, *D)`` like a tensor ``data``: row i is paired
-            with row i of data (a reflow pair set keeps its pairing). Default: fresh N(0, I) noise.
+            with row i of data (a reflow pair set keeps its pairing; a ``coupling`` then re-pairs the rows of each
+            minibatch, as for OT between two data sets). Default: fresh N(0, I) noise.
         generator: random generator on the data's device (required under torch.distributed).
         eval_data: held-out data ``(M, *D)``, or ``(x, y)`` with labels: its CFM loss is logged every
             ``eval_every`` steps, with fixed draws of x0 and t.
@@ -467,14 +496,16 @@ def train(
             memorisation of a small training set.
         callback: ``callback(step, model)`` at the same steps (model in eval mode, carrying the averaged
             weights with EMA; rank 0 only); its return values are logged (plain numbers, strings, tuples,
-            lists or dicts of them when checkpointing).
+            lists or dicts of them, or tensors, when checkpointing). A callback may change the weights in place;
+            a layer it replaces is not trained (the optimiser holds the parameters it was given).
         progress: show a tqdm progress bar with the mean loss of the last 50 steps.
         checkpoint_dir: write a checkpoint ``step_NNNNNNNN.pt`` there every ``checkpoint_every`` steps and
             at the end: the model, the EMA, the optimiser, the schedule, the generator's state, the step,
             the recipe and the record so far, in one ``torch.save`` file that loads with ``weights_only=True``.
         checkpoint_every: checkpoint period in steps (default: only at the end); needs checkpoint_dir.
-        resume: a checkpoint file, or a directory (its latest checkpoint), to continue from: same model
-            and recipe, the same ``steps`` for a cosine schedule. A tensor or Dataset run resumed this way
+        resume: a checkpoint file, or a directory (its latest checkpoint), to continue from: the same model,
+            recipe, batch size, precision, ``keep_best`` and data (rows, shape, dtype), and the same ``steps`` for a
+            cosine schedule, all checked before anything is loaded. A tensor or Dataset run resumed this way
             takes bitwise the same steps as an uninterrupted one on the CPU.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the forward pass runs under ``torch.autocast`` in
             that dtype on the data's device (fp16 with a gradient scaler); the weights, the loss, the
@@ -566,12 +597,18 @@ def train(
             if batch_size is not None:
                 raise ValueError("batch_size is set by the DataLoader given as data; leave batch_size out")
             loader = data
-            first = next(iter(loader))
+            if loader.batch_size is None and loader.batch_sampler is None:
+                raise ValueError("data is an unbatched DataLoader (batch_size=None); give it a batch_size")
+            first = next(iter(loader), None)
+            if first is None:
+                raise ValueError("data is a DataLoader that yields no batches")
         else:
             if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
                 raise TypeError(
                     "data must be a map-style Dataset (with __len__); wrap an IterableDataset in a DataLoader"
                 )
+            if len(data) == 0:
+                raise ValueError("data is an empty Dataset")
             first = data[0]
         x_first, y_first = _split_item(first, "data")
         feature_shape = tuple(x_first.shape[1:] if isinstance(data, DataLoader) else x_first.shape)
@@ -580,6 +617,15 @@ def train(
         n = len(data) if isinstance(data, Dataset) else 0  # type: ignore[arg-type]
     else:
         raise TypeError(f"data must be a tensor, a torch.utils.data.Dataset or a DataLoader; got {type(data).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    if checkpoint_dir is not None:
+        if not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir must be a path; got {type(checkpoint_dir).__name__}")
+        if Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+            raise ValueError(f"checkpoint_dir must be a directory; {checkpoint_dir} is a file")
+    if recipe.warmup is not None and recipe.warmup > steps:
+        raise ValueError(f"recipe.warmup must be <= steps = {steps}; got {recipe.warmup}")
     if params and model_device.type != device.type:
         raise ValueError(f"model must live on the data's device ({device}); its parameters are on {model_device}")
     if generator is not None and generator.device.type != device.type:
@@ -592,7 +638,17 @@ def train(
             raise ValueError(f"batch_size must be divisible by the number of processes ({world}); got {batch_size}")
         if isinstance(data, Dataset) and not isinstance(data, Tensor) and batch_size > n:
             raise ValueError(f"batch_size must be <= the Dataset's length {n}; got {batch_size}")
+    labelled = cond is not None if isinstance(data, Tensor) else y_first is not None
+    if p_uncond > 0 and not labelled:
+        raise ValueError("p_uncond > 0 needs labels: pass cond= or a data set of (x1, y) items")
+    data_dtype = data.dtype if isinstance(data, Tensor) else x_first.dtype
     eval_x, eval_y = _check_eval_data(eval_data, feature_shape, num_classes, device)
+    if eval_x is not None:
+        if eval_x.dtype != data_dtype:
+            raise ValueError(f"eval_data must have the training data's dtype {data_dtype}; got {eval_x.dtype}")
+        if labelled != (eval_y is not None):
+            want = "a pair (x, y) with labels, as the training data has" if labelled else "unlabelled, as the data is"
+            raise ValueError(f"eval_data must be {want}")
     compiled = _check_compile(compile, device)
     autocast_dtype = PRECISIONS[precision]
     if autocast_dtype is not None and device.type not in ("cpu", "cuda"):
@@ -601,6 +657,13 @@ def train(
     if resume is not None:
         state, resume_path = _load_checkpoint(resume, device)
         _check_resume(state, model, recipe, steps, resume_path)
+        plan = _plan(batch_size, precision, n, feature_shape, data_dtype, keep_best)
+        diff = {k: (state["plan"].get(k), v) for k, v in plan.items() if state["plan"].get(k) != v}
+        if diff:
+            raise ValueError(
+                f"resume: {resume_path} was trained with other settings: {diff} (checkpoint's, this call's); a "
+                "resumed run must repeat the call that wrote it"
+            )
 
     # -- everything is checked: build the optimiser, the schedule and the wrappers ---------------------------
     trainable = [p for p in params if p.requires_grad]
@@ -624,7 +687,7 @@ def train(
         _generator_of(generator, device).set_state(state["generator"].cpu())
         record._restore(state["record"])
         start, data_seed = int(state["step"]), state["data_seed"]
-        if state.get("best") is not None:
+        if keep_best and state.get("best") is not None:
             best = (float(state["best_loss"]), state["best"])
     if isinstance(data, Dataset) and not isinstance(data, Tensor) and data_seed is None:
         data_seed = int(torch.randint(0, 2**62, (), generator=generator, device=device))
@@ -720,6 +783,7 @@ def train(
         def held_out() -> Tensor:
             return regression_loss(model, path, ex0, eval_x, et, eval_y, generator=torch.Generator(device))
 
+    checked_to = start
     model.train()
     bar = tqdm(
         range(start, steps),
@@ -753,21 +817,26 @@ def train(
             loss /= world
         losses[k] = loss.detach()
         done = k + 1
-        if done % _CHECK_EVERY == 0 or done == steps:  # one sync per 50 steps: stop at a NaN/inf loss
-            lo = max(start, done - _CHECK_EVERY)
-            _check_losses(losses[:done], lo, precision)
-            if progress and rank == 0:
-                bar.set_postfix(loss=f"{float(losses[lo:done].mean()):.4g}", refresh=False)
-        if evaluating and (done % eval_every == 0 or done == steps):
+        evaluate_now = evaluating and (done % eval_every == 0 or done == steps)
+        save_now = ckpt_dir is not None and (
+            done == steps or (checkpoint_every is not None and done % checkpoint_every == 0)
+        )
+        if done % _CHECK_EVERY == 0 or done == steps or evaluate_now or save_now:
+            # one sync per 50 steps, and before anything reads the weights: stop at a NaN/inf loss
+            _check_losses(losses[:done], checked_to, precision)
+            if progress and rank == 0 and done - checked_to > 0:
+                bar.set_postfix(loss=f"{float(losses[checked_to:done].mean()):.4g}", refresh=False)
+            checked_to = done
+        if evaluate_now:
             seconds += time.perf_counter() - begin
             value = _evaluate(model, averager, record, done, held_out, callback if rank == 0 else None, bool(ckpt_dir))
             if keep_best and value is not None and (best is None or value < best[0]):
                 best = (value, _evaluated_weights(model, averager))
                 record.best_step = done
             begin = time.perf_counter()
-        if ckpt_dir is not None and (done == steps or (checkpoint_every is not None and done % checkpoint_every == 0)):
+        if save_now:
             seconds += time.perf_counter() - begin
-            if rank == 0:
+            if rank == 0 and ckpt_dir is not None:
                 record[:] = losses[:done].tolist()
                 record.lr = lrs[:done]
                 record.grad_norm = norms[:done].tolist() if norms is not None else []
@@ -787,6 +856,7 @@ def train(
                         "generator": _generator_of(generator, device).get_state(),
                         "data_seed": data_seed,
                         "recipe": recipe.signature(),
+                        "plan": _plan(batch_size, precision, n, feature_shape, data_dtype, keep_best),
                         "record": record._log(),
                         "best": best[1] if best is not None else None,
                         "best_loss": best[0] if best is not None else None,
@@ -799,8 +869,9 @@ def train(
             begin = time.perf_counter()
     seconds += time.perf_counter() - begin
     model.eval()
-    if averager is not None:
+    if averager is not None or best is not None:
         record.final_weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    if averager is not None:
         averager.copy_to()
     if best is not None:
         with torch.no_grad():
@@ -888,7 +959,7 @@ def _evaluated_weights(model: nn.Module, averager: EMA | None) -> dict[str, Tens
         return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-_PLAIN = (int, float, str, bool, type(None))
+_PLAIN = (int, float, str, bool, type(None), Tensor)
 
 
 def _plain(value: object) -> bool:
@@ -925,7 +996,7 @@ def _evaluate(
                 out = callback(step, model)
                 if checkpointing and not _plain(out):
                     raise TypeError(
-                        "callback must return plain values (numbers, strings, tuples, lists or dicts of them) "
+                        "callback must return plain values (numbers, strings, tensors, tuples, lists or dicts of them) "
                         f"when checkpointing, so that checkpoints load with weights_only=True; got {type(out).__name__}"
                     )
                 record.callback_values.append(out)

@@ -296,7 +296,7 @@ def test_recipe_rejects_bad_fields_on_construction(kwargs, error, message):
     ("kwargs", "error", "message"),
     [
         (dict(recipe=Recipe(schedule=lambda opt, n: None)), TypeError, "schedule must return a torch.optim"),
-        (dict(recipe=Recipe(warmup=11)), ValueError, "warmup_steps must be <= steps = 10"),
+        (dict(recipe=Recipe(warmup=11)), ValueError, "recipe.warmup must be <= steps = 10"),
         (dict(recipe=dict(lr=1e-3)), TypeError, "recipe must be a fmlib.Recipe"),
         (dict(lr=1e-3), TypeError, "unexpected keyword argument 'lr'"),
         (
@@ -693,7 +693,7 @@ class Pairs(torch.utils.data.Dataset):
         self.x, self.y = x, y
 
     def __len__(self):
-        return self.x.shape[0]
+        return len(self.x)
 
     def __getitem__(self, i):
         return self.x[i] if self.y is None else (self.x[i], self.y[i])

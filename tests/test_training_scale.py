@@ -345,3 +345,114 @@ def test_sampling_split_across_ranks_needs_a_seed_per_rank_and_a_gather(two_rank
     for r in (r0, r1):
         assert torch.equal(r["gathered_noise"], expected)
     assert not torch.equal(expected[:4], expected[4:])
+
+
+def test_no_checkpoint_or_callback_ever_sees_a_non_finite_loss(tmp_path):
+    class Poisoned(torch.utils.data.Dataset):  # item 5 is NaN: found only when it is read
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return torch.full((2,), float("nan") if i == 5 else 0.5)
+
+    seen = []
+    with pytest.raises(ValueError, match=r"the training loss became NaN or inf at step (\d+)") as err:
+        train(
+            MLP(2, hidden=8, depth=1),
+            LinearPath(),
+            Poisoned(),
+            steps=40,
+            batch_size=8,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=1,
+            eval_every=1,
+            callback=lambda s, m: seen.append(s),
+            generator=torch.Generator().manual_seed(0),
+            progress=False,
+        )
+    bad = int(err.value.args[0].split("at step ")[1].split()[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"step_{k:08d}.pt" for k in range(1, bad)]
+    assert seen == list(range(1, bad))
+    for p in tmp_path.iterdir():
+        state = torch.load(p, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_recipe_with_a_function_resumes_in_another_process(tmp_path):
+    """The recipe's signature names a function by module and qualified name, not by its address."""
+
+    def flat(opt, steps):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
+
+    sig = Recipe(schedule=flat).signature()
+    assert "0x" not in sig["schedule"] and sig["schedule"].endswith("flat")
+
+
+def test_resuming_with_another_batch_size_precision_or_data_is_refused_before_loading(tmp_path):
+    _moons_run(20, Recipe(), checkpoint_dir=tmp_path)
+    data = fmlib.two_moons(1024, generator=torch.Generator().manual_seed(0))
+    for kwargs, name in ((dict(batch_size=32), "batch_size"), (dict(precision="fp16"), "precision")):
+        torch.manual_seed(0)
+        model = MLP(2, hidden=32, depth=2)
+        before = copy.deepcopy(model.state_dict())
+        kw = {"batch_size": 64, **kwargs}
+        with pytest.raises(ValueError, match=f"trained with other settings.*'{name}'"):
+            train(model, GaussianPath(), data, steps=20, resume=tmp_path, progress=False, **kw)
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="trained with other settings.*'data_rows'"):
+        train(
+            MLP(2, hidden=32, depth=2),
+            GaussianPath(),
+            data[:512],
+            steps=20,
+            batch_size=64,
+            resume=tmp_path,
+            progress=False,
+        )
+
+
+def test_held_out_data_must_match_the_training_data_before_any_step():
+    model = MLP(2, hidden=4, depth=1)
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(32, 2)
+    with pytest.raises(ValueError, match="eval_data must have the training data's dtype torch.float32"):
+        train(model, LinearPath(), x, steps=4, eval_data=x.double(), progress=False)
+
+    class Cond(torch.nn.Module):
+        num_classes = 3
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, y):
+            return self.w * x
+
+    with pytest.raises(ValueError, match=r"eval_data must be a pair \(x, y\) with labels"):
+        train(Cond(), LinearPath(), x, steps=4, cond=torch.zeros(32, dtype=torch.long), eval_data=x, progress=False)
+    with pytest.raises(ValueError, match="p_uncond > 0 needs labels"):
+        train(Cond(), LinearPath(), x, steps=4, p_uncond=0.5, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_keep_best_without_ema_records_the_final_training_weights():
+    g = torch.Generator().manual_seed(0)
+    data, held = torch.randn(6, 2, generator=g), torch.randn(100, 2, generator=g) + 3
+    torch.manual_seed(0)
+    model = MLP(2, hidden=16, depth=1)
+    rec = train(
+        model,
+        LinearPath(),
+        data,
+        steps=60,
+        batch_size=6,
+        recipe=Recipe.constant(1e-2),
+        eval_data=held,
+        eval_every=10,
+        keep_best=True,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
+    assert rec.final_weights is not None
+    if rec.best_step != 60:
+        assert any(not torch.equal(p, rec.final_weights[n]) for n, p in model.named_parameters())
