@@ -444,7 +444,6 @@ def test_keep_best_ends_with_the_weights_of_the_lowest_held_out_loss():
     g = torch.Generator().manual_seed(0)
     data = torch.randn(6, 2, generator=g)
     held_out = torch.randn(400, 2, generator=g) * 0.2 + 3.0
-    kept = []
 
     def run(keep_best):
         torch.manual_seed(0)
@@ -463,7 +462,6 @@ def test_keep_best_ends_with_the_weights_of_the_lowest_held_out_loss():
             generator=torch.Generator().manual_seed(1),
             progress=False,
         )
-        kept.append(rec)
         return model, rec
 
     model, rec = run(True)
@@ -471,6 +469,9 @@ def test_keep_best_ends_with_the_weights_of_the_lowest_held_out_loss():
     assert rec.best_step == rec.eval_steps[best]
     for p, q in zip(model.parameters(), rec.callback_values[best]):
         assert torch.equal(p, q)
+    # the training weights of the last step (no EMA: what the last evaluation saw) stay in the record
+    for (name, _), q in zip(model.named_parameters(), rec.callback_values[-1]):
+        assert torch.equal(rec.final_weights[name], q)
     last, rec_last = run(False)
     assert rec_last.best_step is None
     for p, q in zip(last.parameters(), rec_last.callback_values[-1]):
