@@ -23,8 +23,8 @@ OFFLINE = {**os.environ, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "htt
 
 # hook id -> (the command that checks without changing anything, the PyPI package, the file extensions it takes)
 EQUIVALENT = {
-    "ruff-check": (["ruff", "check", "--force-exclude"], "ruff", (".py", ".pyi")),
-    "ruff-format": (["ruff", "format", "--check", "--force-exclude"], "ruff", (".py", ".pyi")),
+    "ruff-check": (["ruff", "check", "--force-exclude"], "ruff", (".py", ".pyi", ".ipynb")),
+    "ruff-format": (["ruff", "format", "--check", "--force-exclude"], "ruff", (".py", ".pyi", ".ipynb")),
     "nbstripout": (["nbstripout", "--verify"], "nbstripout", (".ipynb",)),
 }
 
