@@ -50,7 +50,7 @@ from .paths import (
     change_scheduler,
 )
 from .plotting import image_grid
-from .sde import integrate_sde
+from .sde import euler_maruyama, integrate_sde
 from .solvers import (
     ADAPTIVE_METHODS,
     METHODS,
@@ -85,6 +85,7 @@ __all__ = [
     "AffinePath",
     "change_scheduler",
     "integrate_sde",
+    "euler_maruyama",
     "cfm_loss",
     "logit_normal",
     "EmpiricalMarginal",
