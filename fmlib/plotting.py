@@ -22,7 +22,7 @@ import torch
 from matplotlib.animation import FuncAnimation
 from matplotlib.collections import LineCollection
 from matplotlib.colorbar import Colorbar
-from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
+from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -47,6 +47,8 @@ __all__ = [
     "plot_samples_beside_data",
     "plot_error_vs_cost",
     "plot_vector_field",
+    "plot_vector_fields",
+    "SPEED_CMAP",
     "plot_trajectories",
     "plot_flow_paths",
     "start_colors",
@@ -579,6 +581,67 @@ def plot_error_vs_cost(
     return ax
 
 
+SPEED_CMAP = ListedColormap(plt.get_cmap("plasma")(np.linspace(0.0, 0.75, 256)), name="plasma_dark")
+"""Colour map for speeds: the lower 75 % of ``plasma`` (dark blue to orange), so that arrows of every speed stay
+visible on white and on the light grey of a density drawn beneath them (``plasma``'s own light end is pale yellow)."""
+
+_BACKGROUND_CMAP = ListedColormap(plt.get_cmap("Greys")(np.linspace(0.0, 0.45, 256)), name="greys_light")
+
+
+def _field_on_grid(
+    v: Callable[[Tensor, Tensor], Tensor], t: float, extent: Extent, n: int, dtype: torch.dtype, device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pts, X, Y = grid_points(extent, n, dtype=dtype, device=device)
+    with torch.no_grad():
+        vel = _np(v(pts, torch.full((pts.shape[0],), float(t), dtype=dtype, device=pts.device)))
+    if vel.shape != (pts.shape[0], 2):
+        raise ValueError(f"v must map points (M, 2) and times (M,) to velocities (M, 2); got shape {vel.shape}")
+    return X, Y, vel
+
+
+def _draw_field(
+    ax: plt.Axes,
+    X: np.ndarray,
+    Y: np.ndarray,
+    vel: np.ndarray,
+    t: float,
+    extent: Extent,
+    norm: Normalize,
+    cmap,
+    density: Callable[[Tensor, Tensor], Tensor] | None,
+    points: ArrayLike | None,
+    dtype: torch.dtype,
+    device,
+):
+    """Grey density or points beneath, then unit arrows coloured by speed on ``norm``; returns the quiver."""
+    if density is not None:
+        pts, Xd, _ = grid_points(extent, 120, dtype=dtype, device=device)
+        with torch.no_grad():
+            d = _np(density(pts, torch.full((pts.shape[0],), float(t), dtype=dtype, device=pts.device)))
+        ax.imshow(d.reshape(Xd.shape), origin="lower", extent=extent, cmap=_BACKGROUND_CMAP, zorder=0)
+    if points is not None:
+        p = _points(points, "points").reshape(-1, 2)
+        ax.scatter(p[:, 0], p[:, 1], s=2, c="0.6", linewidths=0, zorder=1)
+    speed = np.linalg.norm(vel, axis=1)
+    unit = vel / np.maximum(speed, 1e-12)[:, None]
+    n = X.shape[0]
+    return ax.quiver(
+        X.ravel(),
+        Y.ravel(),
+        unit[:, 0],
+        unit[:, 1],
+        speed,
+        cmap=cmap,
+        norm=norm,
+        pivot="mid",
+        angles="xy",
+        scale_units="xy",
+        scale=(n - 1) / (0.85 * (extent[1] - extent[0])),  # unit arrow = 85% of the grid spacing
+        width=0.005,
+        zorder=2,
+    )
+
+
 def plot_vector_field(
     v: Callable[[Tensor, Tensor], Tensor],
     t: float,
@@ -586,38 +649,88 @@ def plot_vector_field(
     title: str | None = None,
     extent: Extent = (-3, 3, -3, 3),
     n: int = 20,
-    cmap: str = "magma",
+    cmap: str | Colormap = SPEED_CMAP,
     label: str = "speed $|u_t(x)|$",
+    density: Callable[[Tensor, Tensor], Tensor] | None = None,
+    points: ArrayLike | None = None,
+    norm: Normalize | None = None,
+    colorbar: bool = True,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> plt.Axes:
     """Arrows of the field v(x, t) on an n x n grid at time t, coloured by speed ``|v|`` (colour bar).
 
-    Arrows are normalised to unit length so the direction is readable; the colour gives the speed.
-    ``label`` is the colour bar's label (e.g. ``"speed $|v_\\theta(x, t)|$"`` for a network).
+    Arrows are normalised to unit length so the direction is readable; the colour gives the speed, on
+    :data:`SPEED_CMAP` (dark at every speed, so visible on white). Beneath the arrows, in light grey, the
+    density ``density(x, t)`` (points (M, 2) and times (M,) to values (M,), e.g. ``p_t``) and/or the 2D
+    ``points`` (B, 2) (e.g. the data) show where the mass is.
+
+    Args:
+        label: the colour bar's label (e.g. ``"speed $|v_\\theta(x, t)|$"`` for a network).
+        norm: the speed scale (default: from 0 to the largest speed drawn); pass one norm to several
+            panels to share a scale, as :func:`plot_vector_fields` does.
+        colorbar: draw the colour bar (False when the caller adds a shared one).
+
+    Returns:
+        The axes; the arrows are ``ax.collections[-1]`` (a ``Quiver`` whose array is the speed).
+
+    Raises:
+        ValueError: an empty label, or ``v`` does not return velocities of shape (M, 2).
     """
+    _check_label(label)
     ax = _axes(ax)
-    pts, X, Y = grid_points(extent, n, dtype=dtype, device=device)
-    with torch.no_grad():
-        vel = _np(v(pts, torch.full((pts.shape[0],), float(t), dtype=dtype, device=pts.device)))
-    speed = np.linalg.norm(vel, axis=1)
-    unit = vel / np.maximum(speed, 1e-12)[:, None]
-    q = ax.quiver(
-        X.ravel(),
-        Y.ravel(),
-        unit[:, 0],
-        unit[:, 1],
-        speed,
-        cmap=cmap,
-        pivot="mid",
-        angles="xy",
-        scale_units="xy",
-        scale=(n - 1) / (0.85 * (extent[1] - extent[0])),  # unit arrow = 85% of the grid spacing
-        width=0.005,
-    )
-    ax.figure.colorbar(q, ax=ax, label=label)
+    X, Y, vel = _field_on_grid(v, t, extent, n, dtype, device)
+    if norm is None:
+        norm = Normalize(0.0, max(float(np.linalg.norm(vel, axis=1).max()), 1e-12))
+    q = _draw_field(ax, X, Y, vel, t, extent, norm, cmap, density, points, dtype, device)
+    if colorbar:
+        add_colorbar(q, ax, label)
     _label(ax, title if title is not None else f"t = {t:.2f}", extent)
     return ax
+
+
+def plot_vector_fields(
+    fields: Mapping[str, tuple[Callable[[Tensor, Tensor], Tensor], float]],
+    label: str = "speed $|u_t(x)|$",
+    extent: Extent = (-3, 3, -3, 3),
+    n: int = 20,
+    density: Callable[[Tensor, Tensor], Tensor] | None = None,
+    points: ArrayLike | None = None,
+    log: bool = False,
+    ncols: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> tuple[Figure, list[plt.Axes]]:
+    """Several vector fields side by side, coloured by speed on ONE scale with one shared, labelled colour bar.
+
+    Args:
+        fields: {panel title: (v, t)}, each drawn as by :func:`plot_vector_field`; at most three per row.
+        density, points: drawn in grey beneath every panel (``density`` at each panel's own t).
+        log: a logarithmic speed scale (from the 1st percentile of all speeds to the largest), for
+            speeds that span decades; otherwise linear from 0 to the largest speed.
+        ncols: panels per row (default ``min(len(fields), 3)``).
+
+    Returns:
+        ``(fig, axes)``.
+
+    Raises:
+        ValueError: no fields, an empty label, or as :func:`plot_vector_field`.
+    """
+    if not isinstance(fields, Mapping) or not fields:
+        raise ValueError("fields must be a non-empty mapping {title: (v, t)}")
+    _check_label(label)
+    extent = _check_extent(extent)
+    grids = {title: (t, *_field_on_grid(v, t, extent, n, dtype, device)) for title, (v, t) in fields.items()}
+    speeds = np.concatenate([np.linalg.norm(g[3], axis=1) for g in grids.values()])
+    top = max(float(speeds.max()), 1e-12)
+    norm: Normalize = LogNorm(max(float(np.percentile(speeds, 1)), 1e-6 * top), top) if log else Normalize(0.0, top)
+    k = len(grids)
+    fig, axes = panel_grid(k, ncols=ncols, width=min(MAX_FIGURE_WIDTH, 3.0 * min(k, ncols or 3) + 0.9))
+    for ax, (title, (t, X, Y, vel)) in zip(axes, grids.items()):
+        q = _draw_field(ax, X, Y, vel, t, extent, norm, SPEED_CMAP, density, points, dtype, device)
+        _label(ax, title, extent)
+    add_colorbar(q, axes, label, shrink=0.9)
+    return fig, axes
 
 
 def plot_trajectories(

@@ -275,3 +275,56 @@ def test_plot_trajectories_legend_off_the_data(gen):
     ax = plotting.plot_trajectories(traj, title="paths")
     ax.figure.canvas.draw()
     assert ax.get_legend().get_window_extent().y0 >= ax.get_window_extent().y1 - 1
+
+
+def _luminance(rgba):
+    # relative luminance (WCAG) of sRGB colours, shape (..., 4) -> (...)
+    c = np.asarray(rgba)[..., :3]
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return lin @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def test_speed_colour_map_is_visible_on_white_at_every_speed():
+    # contrast ratio against white (1.05 / (L + 0.05)) at least 2 everywhere; plasma's own light end fails
+    lum = _luminance(plotting.SPEED_CMAP(np.linspace(0, 1, 256)))
+    assert (1.05 / (lum + 0.05)).min() > 2.0
+    assert 1.05 / (_luminance(plt.get_cmap("plasma")(1.0)) + 0.05) < 1.5
+
+
+def test_plot_vector_field_colours_by_speed_over_a_grey_density():
+    def v(x, t):  # a rotation scaled by 1 + t: speed (1 + t) |x|
+        return (1 + t[:, None]) * torch.stack([-x[:, 1], x[:, 0]], dim=1)
+
+    def density(x, t):
+        return torch.exp(-(x**2).sum(1) / 2)
+
+    ax = plotting.plot_vector_field(v, 0.5, n=5, density=density, points=torch.zeros(3, 2))
+    q = ax.collections[-1]
+    pts, _, _ = plotting.grid_points((-3, 3, -3, 3), 5)
+    np.testing.assert_allclose(q.get_array(), 1.5 * pts.norm(dim=1).numpy(), rtol=1e-6)
+    assert q.norm.vmin == 0.0 and q.norm.vmax == pytest.approx(1.5 * 3 * np.sqrt(2), rel=1e-6)
+    background = ax.images[-1]
+    assert background.get_zorder() < q.get_zorder()
+    assert _luminance(background.cmap(1.0)) > 0.3  # the densest region stays light grey
+    assert _colorbar_labels(ax.figure) == ["speed $|u_t(x)|$"]
+    with pytest.raises(ValueError, match="label"):
+        plotting.plot_vector_field(v, 0.5, label="")
+    with pytest.raises(ValueError, match="velocities"):
+        plotting.plot_vector_field(lambda x, t: x[:, 0], 0.5)
+
+
+def test_plot_vector_fields_share_one_scale_and_one_labelled_colour_bar():
+    def v(x, t):
+        return (1 + t[:, None]) * x
+
+    fig, axes = plotting.plot_vector_fields({f"t = {t}": (v, t) for t in (0.0, 0.5, 1.0)}, label="speed", n=7)
+    assert fig.get_size_inches()[0] <= MAX_FIGURE_WIDTH and len(axes) == 3
+    top = 2 * 3 * np.sqrt(2)  # the fastest arrow: t = 1 at a corner
+    for ax in axes:
+        q = ax.collections[-1]
+        assert (q.norm.vmin, q.norm.vmax) == (0.0, pytest.approx(top))
+    assert _colorbar_labels(fig) == ["speed"]  # exactly one colour bar
+    _, axes = plotting.plot_vector_fields({"a": (v, 0.0), "b": (v, 1.0)}, label="speed", n=7, log=True)
+    assert isinstance(axes[0].collections[-1].norm, LogNorm)
+    with pytest.raises(ValueError, match="non-empty"):
+        plotting.plot_vector_fields({}, label="speed")
