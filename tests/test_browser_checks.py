@@ -98,3 +98,25 @@ def test_wide_equation_is_reported():
     bt.check_equations(eqs, "p.html", report)
     assert len(report.problems) == 1 and "900 px wide in a 690 px box" in report.problems[0]
     assert report.equations["p.html"][0]["width"] == 900
+
+
+def test_layout_overflow_is_reported_at_both_widths():
+    report = bt.Report()
+    state = {
+        "scrollingCode": [{"over": 40, "where": "h"}],
+        "wideOutputs": [],
+        "wideTables": [{"over": 12, "where": "t"}],
+        "equations": [
+            {"tex": "a = b", "width": 300.0, "box": 368.0, "where": "h"},
+            {"tex": "x", "width": 520.0, "box": 368.0, "where": "e"},
+        ],
+    }
+    bt.check_layout(state, "p.html", report)
+    assert len(report.problems) == 2 and "a code cell is 40 px wider" in report.problems[0]
+    assert "a table is 12 px wider" in report.problems[1]
+    bt.check_narrow(state, "p.html", report)
+    assert len(report.problems) == 3 and "cut at 400 px: 520 px in a 368 px box" in report.problems[2]
+    assert len(report.warnings) == 1  # a scrolling table on a phone is a warning
+    quiet = bt.Report()
+    bt.check_layout({"scrollingCode": [], "wideOutputs": [], "wideTables": []}, "p.html", quiet)
+    assert not quiet.problems

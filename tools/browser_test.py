@@ -27,10 +27,14 @@ which are handled apart), in a 1280 x 900 window, it checks that
 - every link of the table of contents (the sidebar) resolves to an existing page (HTTP 200);
 - the launch buttons (Colab, Binder) open the page's own notebook, ``.../book/NN_x.ipynb``;
 
-then that the search page (``search.html?q=continuity``) lists at least one result. Code cells that scroll
-sideways at 1280 px are reported as warnings. Full-page screenshots of each page at 1280 px and at 400 px
-go to the screenshots folder (``page.png``, ``page.400px.png``), and the per-figure pixel densities and the
-overflowing equations to the JSON report. Exit status 0 when everything passes, 1 otherwise.
+- nothing is wider than its column: no code cell, cell output or table scrolls sideways or is cut;
+
+then, in a 400 x 900 window (a phone), that every display equation fits its column (``book/css/fit-math.js``
+shrinks a wide one to at most 60 %; a wider one must be broken in the chapter), and tables that scroll are
+warnings; then that the search page (``search.html?q=continuity``) lists at least one result. Full-page
+screenshots of each page at 1280 px and at 400 px go to the screenshots folder (``page.png``,
+``page.400px.png``), and the per-figure pixel densities and the overflowing equations to the JSON report. Exit
+status 0 when everything passes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -144,6 +148,18 @@ JS_PAGE_STATE = r"""
     scrollingCode: Array.from(main.querySelectorAll('.cell_input pre, div.highlight pre'))
         .filter(p => p.getClientRects().length > 0 && p.scrollWidth > p.clientWidth + 1)
         .map(p => ({over: p.scrollWidth - p.clientWidth, where: nearestHeading(p)})),
+    // Cell outputs (text, HTML tables) wider than their box: a printed line or a table column cut or scrolling.
+    wideOutputs: Array.from(main.querySelectorAll('.cell_output pre, .cell_output .output, .cell_output > div'))
+        .filter(o => o.getClientRects().length > 0 && o.scrollWidth > o.clientWidth + 1)
+        .map(o => ({over: o.scrollWidth - o.clientWidth, where: nearestHeading(o)})),
+    // Tables of the prose and of outputs wider than the box that holds them, or reaching past the page's column.
+    wideTables: Array.from(main.querySelectorAll('table'))
+        .filter(t => t.getClientRects().length > 0 && !t.closest('.highlight'))
+        .filter(t => t.scrollWidth > t.parentElement.clientWidth + 1 ||
+                     t.getBoundingClientRect().right > main.getBoundingClientRect().right + 1)
+        .map(t => ({over: Math.round(Math.max(t.scrollWidth - t.parentElement.clientWidth,
+                                              t.getBoundingClientRect().right - main.getBoundingClientRect().right)),
+                    where: nearestHeading(t)})),
   };
 }
 """
@@ -344,6 +360,28 @@ def check_outputs(outputs: list[dict], rel: str, report: Report) -> None:
             report.fail(rel, f"a check's output is visible (after '{out['where']}'): {line!r}")
 
 
+def check_layout(state: dict, rel: str, report: Report) -> None:
+    """At 1280 px nothing is wider than its column: code cells, cell outputs, tables."""
+    for kind, name in (("scrollingCode", "a code cell"), ("wideOutputs", "a cell output"), ("wideTables", "a table")):
+        for item in state[kind]:
+            report.fail(rel, f"{name} is {item['over']} px wider than its column at 1280 px (after '{item['where']}')")
+
+
+def check_narrow(state: dict, rel: str, report: Report) -> None:
+    """At 400 px (a phone) every display equation fits (fit-math.js shrinks it, or the chapter breaks it);
+    tables that scroll are reported as warnings."""
+    for e in state["equations"]:
+        if e["width"] > e["box"] + 1:
+            tex = " ".join(e["tex"].split())[:80]
+            report.fail(
+                rel,
+                f"display equation cut at 400 px: {e['width']:.0f} px in a {e['box']:.0f} px box "
+                f"(after '{e['where']}'): {tex}",
+            )
+    for item in state["wideTables"]:
+        report.warn(rel, f"a table scrolls by {item['over']} px at 400 px (after '{item['where']}')")
+
+
 def screenshot_name(rel: str, suffix: str = "") -> str:
     """``book/01_x.html`` -> ``book__01_x.png`` (or ``book__01_x.400px.png`` with a suffix)."""
     return rel.replace("/", "__").removesuffix(".html") + (f".{suffix}" if suffix else "") + ".png"
@@ -390,8 +428,7 @@ def check_page(page: Page, base: str, rel: str, report: Report, shots: Path | No
         # the page book/NN_x.html opens book/NN_x.ipynb of the repository (no "/./" from a "." path_to_book)
         if "/./" in href or not href.endswith(rel.removesuffix(".html") + ".ipynb"):
             report.fail(rel, f"launch button points to {href}, not to {rel.removesuffix('.html')}.ipynb")
-    for code in state["scrollingCode"]:
-        report.warn(rel, f"a code cell scrolls sideways by {code['over']} px (after '{code['where']}')")
+    check_layout(state, rel, report)
     for img in state["images"]:
         if not img["complete"] or img["w"] == 0:
             report.fail(rel, f"image not loaded: {img['src'][:120]}")
@@ -484,21 +521,24 @@ def run(html: Path, chromium: str, shots: Path | None) -> Report:
             page = context.new_page()
             check_search(page, base, report, shots)
             page.close()
-            if shots is not None:  # what a phone shows: screenshots only
-                narrow = browser.new_context(viewport=NARROW_VIEWPORT)
-                narrow.route(lambda url: urlparse(url).hostname not in ("127.0.0.1", None), lambda r: r.abort())
-                for rel in pages:
-                    if REDIRECT.search((html / rel).read_text(encoding="utf-8", errors="replace")):
-                        continue
-                    page = narrow.new_page()
-                    try:
-                        page.goto(base + rel, wait_until="load", timeout=TIMEOUT_MS)
-                        wait_for_math(page)
+            # What a phone shows: display equations must fit; a screenshot of each page.
+            narrow = browser.new_context(viewport=NARROW_VIEWPORT)
+            narrow.route(lambda url: urlparse(url).hostname not in ("127.0.0.1", None), lambda r: r.abort())
+            for rel in pages:
+                if REDIRECT.search((html / rel).read_text(encoding="utf-8", errors="replace")):
+                    continue
+                page = narrow.new_page()
+                try:
+                    page.goto(base + rel, wait_until="load", timeout=TIMEOUT_MS)
+                    wait_for_math(page)
+                    page.wait_for_timeout(200)  # fit-math.js runs once MathJax has typeset
+                    check_narrow(page.evaluate(JS_PAGE_STATE), rel, report)
+                    if shots is not None:
                         page.screenshot(path=str(shots / screenshot_name(rel, "400px")), full_page=True)
-                    except Exception as exc:
-                        report.warn(rel, f"no 400 px screenshot: {type(exc).__name__}: {exc}")
-                    finally:
-                        page.close()
+                except Exception as exc:
+                    report.fail(rel, f"at 400 px: {type(exc).__name__}: {exc}")
+                finally:
+                    page.close()
             browser.close()
     finally:
         server.shutdown()
