@@ -133,7 +133,8 @@ $(MATHJAX_JS):
 mathjax: $(MATHJAX_JS)
 
 # Headless Chromium over the built book (tools/browser_test.py) at 1280 x 900: math rendered, no raw TeX, display
-# equations within the column, every figure at >= 1 px per point, no visible check output, images loaded, no
+# equations, code cells, outputs and tables within the column (and at 400 px, display equations within a phone's
+# column), every figure at >= 1 px per point, no visible check output, images loaded, no
 # tracebacks, nothing from a CDN, table-of-contents links alive, search works; screenshots at 1280 and 400 px in
 # _build/screenshots/, figure densities and wide equations in _build/browser-report.json. Run `make book` first.
 # Playwright drives the system's Chromium (Debian: apt-get install chromium); it downloads no browser.
