@@ -6,6 +6,19 @@ shape (B,).
 """
 
 from .couplings import minibatch_ot, ot_assignment, reflow_pairs, sinkhorn_coupling
+from .conventions import (
+    CONVENTION_PREDICTIONS,
+    CONVENTIONS,
+    GUIDANCE_CONVENTIONS,
+    from_book_guidance,
+    from_book_state,
+    from_book_time,
+    from_book_velocity,
+    to_book_guidance,
+    to_book_state,
+    to_book_time,
+    to_book_velocity,
+)
 from .data import (
     DATASETS,
     DigitsSplit,
@@ -18,6 +31,7 @@ from .data import (
     spirals,
     two_moons,
 )
+from .discrete import DiscreteEmpiricalMarginal, MixtureDiscretePath, TokenMLP, discrete_cfm_loss, sample_discrete
 from .ema import EMA
 from .guidance import cfg_combine, drop_labels, guided_velocity
 from .likelihood import divergence, log_likelihood
@@ -140,4 +154,20 @@ __all__ = [
     "sample_data",
     "DATASETS",
     "seeded_generator",
+    "CONVENTIONS",
+    "CONVENTION_PREDICTIONS",
+    "GUIDANCE_CONVENTIONS",
+    "to_book_time",
+    "from_book_time",
+    "to_book_state",
+    "from_book_state",
+    "to_book_velocity",
+    "from_book_velocity",
+    "to_book_guidance",
+    "from_book_guidance",
+    "MixtureDiscretePath",
+    "discrete_cfm_loss",
+    "DiscreteEmpiricalMarginal",
+    "sample_discrete",
+    "TokenMLP",
 ]

@@ -20,19 +20,23 @@ from fmlib import (
     CosineScheduler,
     DigitClassifier,
     DigitUNet,
+    DiscreteEmpiricalMarginal,
     EmpiricalMarginal,
     FixedStepMethod,
     GaussianPath,
     LinearPath,
+    MixtureDiscretePath,
     NFECounter,
     PolynomialScheduler,
     Recipe,
     SchrodingerBridgePath,
+    TokenMLP,
     VPScheduler,
     cfg_combine,
     cfm_loss,
     change_scheduler,
     checkerboard,
+    discrete_cfm_loss,
     divergence,
     drop_labels,
     eight_gaussians,
@@ -59,6 +63,7 @@ from fmlib import (
     rk4_step,
     s_curve,
     sample_data,
+    sample_discrete,
     seeded_generator,
     sinkhorn_coupling,
     spirals,
@@ -82,6 +87,15 @@ def v(x, t):
 
 def unet():
     return DigitUNet(channels=8)
+
+
+DPATH = MixtureDiscretePath(CondOTScheduler(), vocab_size=4, source="mask")
+TOKENS = torch.tensor([[0, 1, 2], [3, 3, 0]])
+
+
+def logits(vocab_size):
+    """A posterior model returning uniform logits over vocab_size tokens (wrong when vocab_size != 4)."""
+    return lambda x, t, *cond: torch.zeros(*x.shape, vocab_size)
 
 
 def row(name, call, error, match):
@@ -315,6 +329,65 @@ TABLE = [
     ("TrainingRecord", lambda: fmlib.TrainingRecord(3), TypeError, "losses"),
     ("Recipe", lambda: Recipe(ema=1.0), ValueError, "ema"),
     ("Recipe", lambda: Recipe(ema="0.9"), TypeError, "ema"),
+    # discrete flow matching: tokens are int64 (B, L); a model returns logits (B, L, vocab_size)
+    ("MixtureDiscretePath", lambda: MixtureDiscretePath(VPScheduler(), 4), ValueError, "scheduler"),
+    ("MixtureDiscretePath", lambda: MixtureDiscretePath("linear", 4), TypeError, "scheduler"),
+    ("MixtureDiscretePath", lambda: MixtureDiscretePath(CondOTScheduler(), 4, source="noise"), ValueError, "source"),
+    ("MixtureDiscretePath", lambda: MixtureDiscretePath(CondOTScheduler(), 4.0), TypeError, "vocab_size"),
+    ("MixtureDiscretePath", lambda: DPATH.sample(None, TOKENS.float(), 0.5), TypeError, "x1"),
+    ("MixtureDiscretePath", lambda: DPATH.sample(None, TOKENS + 4, 0.5), ValueError, "x1"),
+    ("MixtureDiscretePath", lambda: DPATH.sample(TOKENS + 5, TOKENS, 0.5), ValueError, "x0"),
+    ("MixtureDiscretePath", lambda: DPATH.velocity(torch.ones(2, 3, 5) / 5, TOKENS, 0.5), ValueError, "posterior"),
+    ("MixtureDiscretePath", lambda: DPATH.velocity(torch.ones(2, 3, 4) / 4, TOKENS, 1.0), ValueError, "t must be"),
+    ("discrete_cfm_loss", lambda: discrete_cfm_loss(logits(5), DPATH, TOKENS), ValueError, "model(x_t, t)"),
+    ("discrete_cfm_loss", lambda: discrete_cfm_loss(logits(4), DPATH, TOKENS.float()), TypeError, "x1"),
+    ("discrete_cfm_loss", lambda: discrete_cfm_loss(logits(4), DPATH, TOKENS, loss="mse"), ValueError, "loss"),
+    ("discrete_cfm_loss", lambda: discrete_cfm_loss(logits(4), DPATH, TOKENS, t=1.5), ValueError, "t must lie"),
+    ("discrete_cfm_loss", lambda: discrete_cfm_loss(logits(4), GaussianPath(), TOKENS), TypeError, "path"),
+    ("DiscreteEmpiricalMarginal", lambda: DiscreteEmpiricalMarginal(TOKENS.float(), DPATH), TypeError, "data"),
+    ("DiscreteEmpiricalMarginal", lambda: DiscreteEmpiricalMarginal(TOKENS - 1, DPATH), ValueError, "data"),
+    (
+        "DiscreteEmpiricalMarginal",
+        lambda: DiscreteEmpiricalMarginal(TOKENS, DPATH).posterior(TOKENS[:, :2], 0.5),
+        ValueError,
+        "x",
+    ),
+    (
+        "DiscreteEmpiricalMarginal",
+        lambda: DiscreteEmpiricalMarginal(TOKENS, DPATH).velocity(TOKENS + 9, 0.5),
+        ValueError,
+        "x",
+    ),
+    (
+        "sample_discrete",
+        lambda: sample_discrete(logits(4), DPATH.sample_source((2, 3)), DPATH, steps=0),
+        ValueError,
+        "steps",
+    ),
+    (
+        "sample_discrete",
+        lambda: sample_discrete(logits(4), DPATH.sample_source((2, 3)), DPATH, steps=2.0),
+        TypeError,
+        "steps",
+    ),
+    (
+        "sample_discrete",
+        lambda: sample_discrete(logits(5), DPATH.sample_source((2, 3)), DPATH, steps=2),
+        ValueError,
+        "model(x, t)",
+    ),
+    ("sample_discrete", lambda: sample_discrete(logits(4), TOKENS.float(), DPATH, steps=2), TypeError, "x0"),
+    ("sample_discrete", lambda: sample_discrete(logits(4), TOKENS + 5, DPATH, steps=2), ValueError, "x0"),
+    (
+        "sample_discrete",
+        lambda: sample_discrete(logits(4), DPATH.sample_source((2, 3)), DPATH, 2, held=torch.ones(3, dtype=torch.bool)),
+        ValueError,
+        "held",
+    ),
+    ("sample_discrete", lambda: sample_discrete(logits(4), TOKENS, DPATH, 2, guidance=2.0), ValueError, "guidance"),
+    ("TokenMLP", lambda: TokenMLP(3, 4, 3), ValueError, "num_states"),
+    ("TokenMLP", lambda: TokenMLP(3.0, 4, 5), TypeError, "length"),
+    ("TokenMLP", lambda: TokenMLP(3, 4, 5)(TOKENS.float(), 0.5), TypeError, "x"),
 ]
 
 
