@@ -52,7 +52,9 @@ def test_chapter_starts_with_the_colab_cell(path):
 def test_the_cell_source_is_the_agreed_one():
     assert colab_cell.SOURCE == (
         "import sys\n"
-        'if "google.colab" in sys.modules:  # on Colab: install fmlib from the repository\n'
+        "\n"
+        "# on Colab: install fmlib from the repository\n"
+        'if "google.colab" in sys.modules:\n'
         '    %pip install -q "fmlib @ git+https://github.com/flow-matching-book/flow-matching-book"'
     )
 

@@ -36,8 +36,19 @@ def test_citation_cff_has_the_required_fields():
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     for key in ("cff-version", "message", "title", "authors", "version", "license"):
         assert key in cff, key
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert str(cff["version"]) == project["version"] == fmlib.__version__
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    # one version: pyproject reads fmlib.__version__; CITATION.cff and the CHANGELOG's latest release repeat it
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fmlib.__version__"}
+    assert str(cff["version"]) == fmlib.__version__
+    releases = re.findall(r"^## (\d+\.\d+\.\d+)\b", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert releases and releases[0] == fmlib.__version__, releases
+
+
+def test_fmlib_ships_its_type_hints():
+    assert (ROOT / "fmlib" / "py.typed").is_file()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["fmlib"]
 
 
 def test_design_api_names_are_importable_from_fmlib():

@@ -22,9 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = "https://github.com/flow-matching-book/flow-matching-book"
 TAG = "remove-cell"
 MARKER = '"google.colab" in sys.modules'
+# Formatted as ruff formats the chapters (book/ruff.toml), so that `ruff format --check` leaves it alone.
 SOURCE = (
     "import sys\n"
-    f"if {MARKER}:  # on Colab: install fmlib from the repository\n"
+    "\n"
+    "# on Colab: install fmlib from the repository\n"
+    f"if {MARKER}:\n"
     f'    %pip install -q "fmlib @ git+{REPOSITORY}"'
 )
 
