@@ -5,7 +5,6 @@ a velocity field is a callable ``v(x, t)`` with x of shape ``(B, *D)`` and t of
 shape (B,).
 """
 
-from .couplings import minibatch_ot, ot_assignment, reflow_pairs, sinkhorn_coupling
 from .conventions import (
     CONVENTION_PREDICTIONS,
     CONVENTIONS,
@@ -19,6 +18,7 @@ from .conventions import (
     to_book_time,
     to_book_velocity,
 )
+from .couplings import minibatch_ot, ot_assignment, reflow_pairs, sinkhorn_coupling
 from .data import (
     DATASETS,
     DigitsSplit,
