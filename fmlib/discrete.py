@@ -295,7 +295,8 @@ class MixtureDiscretePath(_ReadOnlyParameters):
                 f"{name} must have shape (B, L, vocab_size) = {want} (one probability per token, no mask); "
                 f"got {tuple(posterior.shape)}"
             )
-        if not bool(torch.isfinite(posterior).all()) or float(posterior.min()) < 0:
+        values = posterior.detach()
+        if not bool(torch.isfinite(values).all()) or float(values.min()) < 0:
             raise ValueError(f"{name} must hold finite probabilities >= 0")
         return posterior
 
@@ -449,7 +450,8 @@ class DiscreteEmpiricalMarginal:
     together has p_t(x) = 0 (an Euler step can produce one by revealing two positions at once), and its
     posterior is undefined. There the posterior is the limit of the one in which every impossible position
     has a vanishing probability: the data with the fewest impossible positions, weighted as usual among
-    themselves. :meth:`log_prob` is -inf there.
+    themselves. :meth:`log_prob` is -inf there. At t = 0 and t = 1, where kappa_t makes some factors
+    vanish (a revealed token at t = 0, as in infilling), the posterior is its limit from inside (0, 1).
 
     Args:
         data: the data, int64 of shape (N, L) with tokens in 0..path.vocab_size - 1.
@@ -506,24 +508,38 @@ class DiscreteEmpiricalMarginal:
         return x, _times(t, x.shape[0], x.device, _float_dtype(t, dtype))
 
     def _scores(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """(impossible count c, finite log-likelihood f), each (B, N): log p_t(x | x1^(n)) = f if c = 0."""
+        """(rank of the zeros, finite log-likelihood f), each (B, N).
+
+        log p_t(x | x1^(n)) = f where the rank is 0. A factor of p_t(x | x1^(n)) is zero either for good
+        (a revealed token that differs from x1^(n)'s with the mask source: "hard") or because kappa_t is
+        0 or 1 ("soft": it vanishes like kappa_t or 1 - kappa_t as t leaves 0 or 1). The rank
+        (L + 1) * hard + soft orders the data as the limit of the posterior from inside (0, 1) does.
+        """
         path, dtype = self.path, t.dtype
         kappa = path.kappa(t)[0][:, None]  # (B, 1)
         p0 = path.source_probs(dtype, x.device)[x]  # (B, L): p_0(x^i)
         p_match = kappa + (1 - kappa) * p0  # probability of x^i given x1^i = x^i
         p_miss = (1 - kappa) * p0  # probability of x^i given x1^i != x^i
         zero_m, zero_n = p_match <= 0, p_miss <= 0
-        lm = torch.where(zero_m, 0.0, torch.log(p_match.clamp_min(torch.finfo(dtype).tiny)))
-        ln = torch.where(zero_n, 0.0, torch.log(p_miss.clamp_min(torch.finfo(dtype).tiny)))
+        hard_n = p0 <= 0
+        soft_n = zero_n & ~hard_n
+        tiny = torch.finfo(dtype).tiny
+        lm = torch.where(zero_m, 0.0, torch.log(p_match.clamp_min(tiny)))
+        ln = torch.where(zero_n, 0.0, torch.log(p_miss.clamp_min(tiny)))
         d_states = self._onehots(dtype, x.device)[0]  # (N, L * S)
         oh = torch.nn.functional.one_hot(x, path.num_states).to(dtype)  # (B, L, S)
 
         def matched(w: Tensor) -> Tensor:  # sum_i w_bi [x_b^i = x1^(n), i], (B, N)
             return (oh * w[..., None]).flatten(1) @ d_states.T
 
-        c = matched(zero_m.to(dtype) - zero_n.to(dtype)) + zero_n.to(dtype).sum(1, keepdim=True)
+        def missed(z: Tensor) -> Tensor:  # sum_i z_bi [x_b^i != x1^(n), i], (B, N)
+            zf = z.to(dtype)
+            return zf.sum(1, keepdim=True) - matched(zf)
+
+        hard = missed(hard_n)
+        soft = matched(zero_m.to(dtype)) + missed(soft_n)
         f = matched(lm - ln) + ln.sum(1, keepdim=True)
-        return c, f
+        return hard * (x.shape[1] + 1) + soft, f
 
     def _chunks(self, batch: int) -> int:
         return max(1, self.chunk_size // max(1, self.data.shape[0]))
@@ -540,23 +556,42 @@ class DiscreteEmpiricalMarginal:
         out = []
         step = self._chunks(x.shape[0])
         for s in range(0, x.shape[0], step):
-            c, f = self._scores(x[s : s + step], t[s : s + step])
-            out.append(torch.logsumexp(torch.where(c == 0, f, -math.inf), dim=1) - math.log(self.data.shape[0]))
+            rank, f = self._scores(x[s : s + step], t[s : s + step])
+            out.append(torch.logsumexp(torch.where(rank == 0, f, -math.inf), dim=1) - math.log(self.data.shape[0]))
         return torch.cat(out)
 
     def data_weights(self, x: Tensor, t: float | Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """The posterior over the data, w_n(x, t) = p(x1 = x1^(n) | x_t = x), shape (B, N); rows sum to 1."""
         x, t = self._inputs(x, t, dtype)
-        return self._weights(x, t)
+        w, inverse = self._weights(x, t)
+        return w if inverse is None else w[inverse]
 
-    def _weights(self, x: Tensor, t: Tensor) -> Tensor:
+    def _weights(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The data weights, of every row or (with ``inverse``) of the distinct rows: row b is w[inverse[b]]."""
+        s, length = self.path.num_states, x.shape[1]
+        if x.shape[0] > 64 and length * math.log2(s) < 62 and bool((t == t[0]).all()):
+            # one time for every row (as in the sampler): compute once per distinct sequence
+            codes = x @ (s ** torch.arange(length, device=x.device))
+            distinct, first, inverse = _unique_first(codes)
+            if distinct < x.shape[0] // 2:
+                return self._weights_all(x[first], t[first]), inverse
+        return self._weights_all(x, t), None
+
+    def _weights_all(self, x: Tensor, t: Tensor) -> Tensor:
         out = []
         step = self._chunks(x.shape[0])
         for s in range(0, x.shape[0], step):
-            c, f = self._scores(x[s : s + step], t[s : s + step])
-            fewest = c == c.min(dim=1, keepdim=True).values
+            rank, f = self._scores(x[s : s + step], t[s : s + step])
+            fewest = rank == rank.min(dim=1, keepdim=True).values
             out.append(torch.softmax(torch.where(fewest, f, -math.inf), dim=1))
         return torch.cat(out)
+
+    def _posterior(self, x: Tensor, t: Tensor) -> Tensor:
+        w, inverse = self._weights(x, t)
+        p = w @ self._onehots(t.dtype, x.device)[1]
+        if inverse is not None:
+            p = p[inverse]
+        return p.view(x.shape[0], x.shape[1], self.path.vocab_size)
 
     def posterior(self, x: Tensor, t: float | Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """p_{1|t}(y | x) of every position, shape (B, L, vocab_size); each row sums to 1.
@@ -567,9 +602,7 @@ class DiscreteEmpiricalMarginal:
             dtype: floating dtype of the result (default float32, or t's if t is a float64 tensor).
         """
         x, t = self._inputs(x, t, dtype)
-        w = self._weights(x, t)
-        d_vocab = self._onehots(t.dtype, x.device)[1]
-        return (w @ d_vocab).view(x.shape[0], x.shape[1], self.path.vocab_size)
+        return self._posterior(x, t)
 
     def velocity(self, x: Tensor, t: float | Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """The marginal probability velocity u_t(., x), shape (B, L, num_states); rows sum to 0.
@@ -578,14 +611,19 @@ class DiscreteEmpiricalMarginal:
         """
         x, t = self._inputs(x, t, dtype)
         rate = self.path.jump_rate(t)
-        w = self._weights(x, t)
-        d_vocab = self._onehots(t.dtype, x.device)[1]
-        p = (w @ d_vocab).view(x.shape[0], x.shape[1], self.path.vocab_size)
-        return _velocity_from(p, x, rate, self.path.num_states)
+        return _velocity_from(self._posterior(x, t), x, rate, self.path.num_states)
 
     def __call__(self, x: Tensor, t: float | Tensor) -> Tensor:
         """log p_{1|t}(y | x), shape (B, L, vocab_size): logits for :func:`sample_discrete`."""
         return torch.log(self.posterior(x, t))
+
+
+def _unique_first(codes: Tensor) -> tuple[int, Tensor, Tensor]:
+    """(number of distinct codes, index of one row per distinct code, inverse map of every row)."""
+    values, inverse = torch.unique(codes, return_inverse=True)
+    first = torch.empty(values.shape[0], dtype=torch.long, device=codes.device)
+    first.scatter_(0, inverse, torch.arange(codes.shape[0], device=codes.device))
+    return values.shape[0], first, inverse
 
 
 # -- sampling -------------------------------------------------------------------------------------------------------
@@ -633,6 +671,10 @@ def sample_discrete(
     for w > 1, q can be negative where the conditional posterior is below the unconditional one, and
     negative jump rates do not exist, so the off-diagonal rates are clipped at 0 (the diagonal is minus the
     sum of what is left). Nisonoff et al. (2024) discuss guidance for discrete flows at length.
+
+    With the mask source a revealed position keeps its token: under the mixture path its posterior is a
+    point mass on the token it shows, so its exact rates are 0 (the carry-over of Sahoo et al. 2024); the
+    sampler uses this rather than a network's estimate of that posterior.
 
     Infilling: ``held`` marks positions whose value in x0 is known and kept; their rates are set to 0,
     and the model sees them at every step (they look like positions that reached x1 early, which the
@@ -701,6 +743,7 @@ def sample_discrete(
         for k in range(steps):
             t_k = torch.full((batch,), k / steps, dtype=dtype, device=x.device)
             name = "model(x, t)" if cond is None else "model(x, t, cond)"
+            fixed = keep if path.mask_index is None else keep | (x != path.mask_index)
             p = torch.softmax(_call_logits(model, x, t_k, cond, path.vocab_size, name).to(dtype), dim=-1)
             if null is not None and w != 1.0:
                 p_null = torch.softmax(_call_logits(model, x, t_k, null, path.vocab_size, name).to(dtype), dim=-1)
@@ -718,7 +761,7 @@ def sample_discrete(
             if k == steps - 1 and path.mask_index is not None:
                 stay = torch.where(x[..., None] == path.mask_index, 0.0, stay)  # every masked position lands
             jump.scatter_(-1, x[..., None], stay)
-            x = torch.where(keep, x, _categorical(jump, generator))
+            x = torch.where(fixed, x, _categorical(jump, generator))
             if trajectory:
                 states.append(x.clone())
     return torch.stack(states) if trajectory else x
