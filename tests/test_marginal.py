@@ -326,3 +326,25 @@ def test_data_made_under_inference_mode_serve_autograd_later():
     w = two_point_posterior(x.detach(), 0.5, 0.1)
     xbar = torch.stack([2 * w - 1, torch.zeros_like(w)], 1)
     torch.testing.assert_close(g, (a * xbar - x.detach()) / s**2)
+
+
+@pytest.mark.parametrize("chunk_size", [2**22, 257])
+def test_float32_rows_by_both_routes_match_float64(gen, chunk_size):
+    # Times across (0, 1): early rows take the expanded form (one matrix product per block), late rows (small
+    # sigma_t, where expanding would lose digits) the differences; both, put back in order, against float64.
+    x1 = data(gen, n=300)
+    x = torch.randn(64, 2, generator=gen, dtype=torch.float64) * 2
+    t = torch.linspace(0.0, 0.99, 64, dtype=torch.float64)
+    path = GaussianPath(0.01)
+    exact = EmpiricalMarginal(x1, path)
+    m32 = EmpiricalMarginal(x1.float(), path, chunk_size=chunk_size)
+    with torch.no_grad():
+        v64, lp64 = exact.velocity(x, t), exact.log_prob(x, t)
+        v32, lp32 = m32.velocity(x.float(), t.float()), m32.log_prob(x.float(), t.float())
+    scale = v64.norm(dim=1, keepdim=True).clamp_min(1.0)
+    assert ((v32.double() - v64) / scale).abs().max() < 1e-4
+    assert ((lp32.double() - lp64).abs() <= 1e-3 + 1e-5 * lp64.abs()).all()  # float32 of log p ~ -900
+    # the split is real: some rows each way
+    xf, a, s = x.float(), path.coefficients(t.float()).alpha_t, path.coefficients(t.float()).sigma_t
+    fast = m32._expansion_ok(xf, a, s, x1.float().pow(2).sum(1))
+    assert fast.any() and not fast.all()
