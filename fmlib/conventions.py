@@ -579,7 +579,7 @@ def from_book_velocity(
     Example:
         >>> import torch
         >>> from_book_velocity(torch.tensor([[1.0, -1.0]]), torch.zeros(1, 2), 0.5, "ddpm")
-        tensor([[-1.,  1.]])
+        tensor([[-0.5000,  0.5000]])
     """
     conv = _convention(convention)
     kind = _prediction(prediction, conv)
