@@ -59,20 +59,27 @@ def _pair_checked(x0: Tensor, x1: Tensor) -> None:
         )
 
 
-def _sq_cost(a: Tensor, b: Tensor) -> tuple[np.ndarray, float]:
-    """``(cost, s)``: squared Euclidean distances between the flattened rows in units of ``s^2``, float64 NumPy,
-    without the |a|^2 + |b|^2 - 2ab cancellation of the matrix-product formula.
+def _sq_costs(a: Tensor, b: Tensor) -> tuple[np.ndarray, float]:
+    """``(costs, s)`` for stacks of problems ``a``, ``b`` of shape ``(P, m, *D)``: costs[p] holds the squared
+    Euclidean distances between the flattened rows of a[p] and b[p] in units of ``s^2`` (float64 NumPy, shape
+    (P, m, m)), without the |a|^2 + |b|^2 - 2ab cancellation of the matrix-product formula.
 
     The coordinates are first divided by the power of two s just above their largest magnitude (exactly, so
     ``cost * s^2`` is the squared distance): squares of coordinates near 1e200 or 1e-200 would overflow to
-    inf or underflow to 0 in float64, while the scaled ones are at most 1.
+    inf or underflow to 0 in float64, while the scaled ones are at most 1. All P problems in one batched call.
     """
-    a64 = a.detach().reshape(a.shape[0], -1).double().cpu()  # (B,) batches too: one feature each
-    b64 = b.detach().reshape(b.shape[0], -1).double().cpu()
-    top = max(float(a64.abs().max()), float(b64.abs().max())) if a64.numel() and b64.numel() else 0.0
+    a64 = a.detach().reshape(a.shape[0], a.shape[1], -1).double().cpu()  # (B,) batches too: one feature each
+    b64 = b.detach().reshape(b.shape[0], b.shape[1], -1).double().cpu()
+    top = float(torch.maximum(a64.abs().max(), b64.abs().max())) if a64.numel() and b64.numel() else 0.0
     s = 2.0 ** math.frexp(top)[1] if top > 0.0 else 1.0
     cost = torch.cdist(a64 / s, b64 / s, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy()
     return cost, s
+
+
+def _sq_cost(a: Tensor, b: Tensor) -> tuple[np.ndarray, float]:
+    """``(cost, s)`` of :func:`_sq_costs` for one problem: a of shape (B, *D), b of shape (B', *D)."""
+    costs, s = _sq_costs(a[None], b[None])
+    return costs[0], s
 
 
 def _rescaled(cost: np.ndarray) -> tuple[np.ndarray, float]:
@@ -183,6 +190,14 @@ def ot_assignment(x0: Tensor, x1: Tensor, labels: Tensor | None = None, block_si
     pi = np.empty(n, dtype=np.int64)
     if len(groups) == 1:
         pi[:] = _exact_assignment(_sq_cost(x0, x1)[0])
+    elif labels is None and block_size is not None:
+        # consecutive blocks: the costs of all full blocks in one batched call, then one solve per block
+        full = n - n % block_size
+        costs, _ = _sq_costs(x0[:full].unflatten(0, (-1, block_size)), x1[:full].unflatten(0, (-1, block_size)))
+        for k, cost in enumerate(costs):
+            pi[k * block_size : (k + 1) * block_size] = k * block_size + _exact_assignment(cost)
+        if full < n:
+            pi[full:] = full + _exact_assignment(_sq_cost(x0[full:], x1[full:])[0])
     else:
         for g in groups:
             idx = torch.as_tensor(g, device=x0.device)
