@@ -129,7 +129,9 @@ def chapter_model(device: torch.device, train_steps: int | None = None) -> tuple
             raise ValueError(
                 f"expected one fmlib.train(..., steps=...) call in the chapter's cell, found {edit.replaced}"
             )
-    namespace = {"torch": torch, "np": np, "fmlib": fmlib, "device": device}
+    # the names the chapter's set-up cell defines, gen(k) included (the book's seeding idiom)
+    gen = partial(fmlib.seeded_generator, device=device)
+    namespace = {"torch": torch, "np": np, "fmlib": fmlib, "device": device, "gen": gen}
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(tree, f"{CHAPTER.name} (training cell)", "exec"), namespace)
     model = namespace["model"]
