@@ -1,12 +1,14 @@
 """Conditional paths: expected values from the path formulas, finite differences and torch.distributions."""
 
 import copy
+import inspect
 import math
 import pickle
 
 import pytest
 import torch
 
+import fmlib
 from fmlib import (
     AffinePath,
     CondOTScheduler,
@@ -15,12 +17,24 @@ from fmlib import (
     LinearPath,
     PathSample,
     PolynomialScheduler,
+    ProbPath,
     SchrodingerBridgePath,
     VPScheduler,
 )
 
 AFFINE = [AffinePath(CosineScheduler()), AffinePath(PolynomialScheduler(2)), AffinePath(VPScheduler())]
-PATHS = [LinearPath(0.0), LinearPath(0.3), GaussianPath(0.0), GaussianPath(0.05)] + AFFINE
+# Every path of fmlib: the property tests below run over all of them (test_the_path_table_is_complete keeps it so).
+PATHS = [LinearPath(0.0), LinearPath(0.3), GaussianPath(0.0), GaussianPath(0.05), SchrodingerBridgePath(0.5)] + AFFINE
+
+
+def test_the_path_table_is_complete():
+    # each concrete ProbPath that fmlib exports has an instance in PATHS
+    exported = {
+        obj
+        for obj in (getattr(fmlib, name) for name in fmlib.__all__)
+        if isinstance(obj, type) and issubclass(obj, ProbPath) and not inspect.isabstract(obj)
+    }
+    assert exported and exported <= {type(p) for p in PATHS}, exported - {type(p) for p in PATHS}
 
 
 def draw(gen, b=16, d=3):
