@@ -15,11 +15,9 @@ import torch
 from torch import Tensor
 
 from ._checks import as_time, check_batch, check_int, check_real, check_velocity_output, compute_dtype
-from .solvers import ADAPTIVE_METHODS, DEFAULT_MAX_STEPS, SOLVERS, integrate, integrate_adaptive
+from .solvers import ADAPTIVE_METHODS, DEFAULT_MAX_STEPS, SOLVERS, VelocityField, integrate, integrate_adaptive
 
 __all__ = ["divergence", "log_likelihood"]
-
-VelocityField = Callable[[Tensor, Tensor], Tensor]
 
 
 def _refuse_inference_mode(name: str) -> None:

@@ -28,11 +28,9 @@ from torch import Tensor
 
 from ._checks import check_batch, check_int, check_velocity_output, compute_dtype
 from .paths import AffinePath
-from .solvers import time_grid
+from .solvers import VelocityField, time_grid
 
 __all__ = ["euler_maruyama", "integrate_sde"]
-
-VelocityField = Callable[[Tensor, Tensor], Tensor]
 
 
 def _diffusion_value(value: object, t: float) -> float:

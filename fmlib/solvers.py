@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 VelocityField = Callable[[Tensor, Tensor], Tensor]
+"""A velocity field v(x, t): x of shape (B, *D), t of shape (B,); returns (B, *D). The one definition in fmlib."""
 StepFunction = Callable[[VelocityField, Tensor, float | Tensor, float | Tensor], Tensor]
 
 
