@@ -33,6 +33,14 @@ from .data import (
 )
 from .discrete import DiscreteEmpiricalMarginal, MixtureDiscretePath, TokenMLP, discrete_cfm_loss, sample_discrete
 from .ema import EMA
+from .few_step import (
+    meanflow_loss,
+    meanflow_target,
+    progressive_distillation_loss,
+    sample_flow_map,
+    sample_shortcut,
+    shortcut_loss,
+)
 from .guidance import cfg_combine, drop_labels, guided_velocity
 from .likelihood import divergence, log_likelihood
 from .losses import cfm_loss, logit_normal
@@ -170,4 +178,10 @@ __all__ = [
     "DiscreteEmpiricalMarginal",
     "sample_discrete",
     "TokenMLP",
+    "meanflow_target",
+    "meanflow_loss",
+    "sample_flow_map",
+    "shortcut_loss",
+    "sample_shortcut",
+    "progressive_distillation_loss",
 ]

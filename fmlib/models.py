@@ -31,22 +31,36 @@ class MLP(nn.Module):
         hidden: width of the hidden layers.
         depth: number of hidden layers, >= 1.
         time_freqs: number of Fourier frequencies for t, >= 0.
+        two_times: if True, the network takes a second time input, ``model(x, r, t)``: the features
+            of r and of t (each as above) are both concatenated to x. This is the average velocity
+            u(x, r, t) of a flow map (:func:`~fmlib.meanflow_loss`) or a shortcut model
+            ``model(x, t, d)`` with step size d (:func:`~fmlib.shortcut_loss`). Default False:
+            ``model(x, t)``, with the same layers and the same initial weights (for a given
+            ``torch.manual_seed``) as before the option existed.
 
     Raises:
         ValueError: for a non-positive dim, hidden or depth, or (in forward) an x
-            whose feature count is not ``dim``.
+            whose feature count is not ``dim``, or a second time missing (two_times=True)
+            or given (two_times=False).
+        TypeError: if two_times is not a bool.
 
     Example:
         >>> import torch
         >>> model = MLP(2, hidden=64, depth=3)
         >>> model(torch.zeros(5, 2), 0.5).shape
         torch.Size([5, 2])
+        >>> MLP(2, two_times=True)(torch.zeros(5, 2), 0.25, 0.5).shape
+        torch.Size([5, 2])
     """
 
     freqs: Tensor  # a registered buffer (moves with .to())
 
-    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_freqs: int = 4) -> None:
+    def __init__(
+        self, dim: int, hidden: int = 128, depth: int = 3, time_freqs: int = 4, two_times: bool = False
+    ) -> None:
         super().__init__()
+        if not isinstance(two_times, bool):
+            raise TypeError(f"two_times must be a bool; got {type(two_times).__name__}")
         for name, value, low in (
             ("dim", dim, 1),
             ("hidden", hidden, 1),
@@ -55,22 +69,34 @@ class MLP(nn.Module):
         ):
             check_int(value, name, low)
         self.dim = dim
+        self.two_times = two_times
         self.register_buffer("freqs", 2 * math.pi * torch.arange(1, time_freqs + 1, dtype=torch.float32))
-        layers: list[nn.Module] = [nn.Linear(dim + 1 + 2 * time_freqs, hidden), nn.SiLU()]
+        n_times = 2 if two_times else 1
+        layers: list[nn.Module] = [nn.Linear(dim + n_times * (1 + 2 * time_freqs), hidden), nn.SiLU()]
         for _ in range(depth - 1):
             layers += [nn.Linear(hidden, hidden), nn.SiLU()]
         layers.append(nn.Linear(hidden, dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor, t: float | Tensor) -> Tensor:
+    def _time_features(self, t: float | Tensor, x: Tensor, name: str) -> Tensor:
+        t = as_time(t, x, name=name, unit_interval=False)[:, None]  # float32 for a half-precision x
+        angles = t * self.freqs.to(t.dtype)
+        # the time features in the weights' dtype, so a bfloat16/float16 network takes them
+        return torch.cat([t, torch.sin(angles), torch.cos(angles)], dim=1).to(next(self.net.parameters()).dtype)
+
+    def forward(self, x: Tensor, t: float | Tensor, s: float | Tensor | None = None) -> Tensor:
+        """``model(x, t)``, or ``model(x, r, t)`` (``model(x, t, d)``) with ``two_times=True``; x's shape."""
         check_batch(x)
         if x[0].numel() != self.dim:
             raise ValueError(f"x must have {self.dim} features per sample; got shape {tuple(x.shape)}")
-        t = as_time(t, x, unit_interval=False)[:, None]  # float32 for a half-precision x
-        angles = t * self.freqs.to(t.dtype)
-        # the time features in the weights' dtype, so a bfloat16/float16 network takes them
-        feats = torch.cat([t, torch.sin(angles), torch.cos(angles)], dim=1).to(next(self.net.parameters()).dtype)
-        h = torch.cat([x.flatten(1), feats], dim=1)
+        if self.two_times and s is None:
+            raise ValueError("this MLP has two_times=True: call it as model(x, r, t) with a second time")
+        if not self.two_times and s is not None:
+            raise ValueError("this MLP takes one time, model(x, t); build it with two_times=True for model(x, r, t)")
+        feats = [self._time_features(t, x, "t")]
+        if s is not None:
+            feats.append(self._time_features(s, x, "second time"))
+        h = torch.cat([x.flatten(1), *feats], dim=1)
         return self.net(h).reshape(x.shape)
 
 

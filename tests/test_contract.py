@@ -85,6 +85,15 @@ def v(x, t):
     return -x
 
 
+def u(x, r, t):
+    """An average velocity model(x, r, t) (that of v = -x's flow is not needed: only shapes matter here)."""
+    return -x
+
+
+def u_bad(x, r, t):
+    return x[:, :1]
+
+
 def unet():
     return DigitUNet(channels=8)
 
@@ -407,6 +416,52 @@ TABLE = [
     ("TokenMLP", lambda: TokenMLP(3, 4, 3), ValueError, "num_states"),
     ("TokenMLP", lambda: TokenMLP(3.0, 4, 5), TypeError, "length"),
     ("TokenMLP", lambda: TokenMLP(3, 4, 5)(TOKENS.float(), 0.5), TypeError, "x"),
+    # few-step generation: a flow-map network is model(x, r, t), r <= t; a shortcut model is model(x, t, d)
+    ("MLP", lambda: MLP(2, two_times=1), TypeError, "two_times"),
+    ("MLP", lambda: MLP(2, two_times=True)(X, 0.5), ValueError, "model(x, r, t)"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, LinearPath(), X, r=0.6, t=0.4), ValueError, "r must be <= t"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, LinearPath(), X, r=-0.1, t=0.4), ValueError, "r must lie"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, LinearPath(), X, r=0.1, t=1.5), ValueError, "t must lie"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, LinearPath(), X, r=0.1), ValueError, "r and t together"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u_bad, LinearPath(), X), ValueError, "model(x, r, t)"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, SchrodingerBridgePath(1.0), X), TypeError, "path"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, LinearPath(), X, equal_share=1.5), ValueError, "equal_share"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, LinearPath(), X, adaptive_p=-1.0), ValueError, "adaptive_p"),
+    ("meanflow_loss", lambda: fmlib.meanflow_loss(u, LinearPath(), X.long()), TypeError, "x1"),
+    ("meanflow_target", lambda: fmlib.meanflow_target(u, X, 0.7, 0.2, X), ValueError, "r must be <= t"),
+    ("meanflow_target", lambda: fmlib.meanflow_target(u, X, 0.2, 0.7, X[:3]), ValueError, "v and x"),
+    ("meanflow_target", lambda: fmlib.meanflow_target(u_bad, X, 0.2, 0.7, X), ValueError, "model(x, r, t)"),
+    ("sample_flow_map", lambda: fmlib.sample_flow_map(u, X, steps=0), ValueError, "steps"),
+    ("sample_flow_map", lambda: fmlib.sample_flow_map(u, X, steps=1.5), TypeError, "steps"),
+    ("sample_flow_map", lambda: fmlib.sample_flow_map(u, X, steps=[0.0, 0.5, 0.4]), ValueError, "increasing"),
+    ("sample_flow_map", lambda: fmlib.sample_flow_map(u, X, steps=[0.0, 1.5]), ValueError, "[0, 1]"),
+    ("sample_flow_map", lambda: fmlib.sample_flow_map(u_bad, X, steps=2), ValueError, "model(x, r, t)"),
+    ("sample_flow_map", lambda: fmlib.sample_flow_map(u, "x0"), TypeError, "x0"),
+    ("shortcut_loss", lambda: fmlib.shortcut_loss(u, LinearPath(), X, max_steps=12), ValueError, "max_steps"),
+    ("shortcut_loss", lambda: fmlib.shortcut_loss(u, LinearPath(), X, max_steps=8.0), TypeError, "max_steps"),
+    ("shortcut_loss", lambda: fmlib.shortcut_loss(u, LinearPath(), X, consistency_share=-0.5), ValueError, "share"),
+    ("shortcut_loss", lambda: fmlib.shortcut_loss(u_bad, LinearPath(), X), ValueError, "model(x, t, d)"),
+    ("sample_shortcut", lambda: fmlib.sample_shortcut(u, X, steps=0), ValueError, "steps"),
+    ("sample_shortcut", lambda: fmlib.sample_shortcut(u, X, steps=[0.0, 1.0]), TypeError, "steps"),
+    ("sample_shortcut", lambda: fmlib.sample_shortcut(u_bad, X, steps=2), ValueError, "model(x, r, t)"),
+    (
+        "progressive_distillation_loss",
+        lambda: fmlib.progressive_distillation_loss(v, v, LinearPath(), X, steps=0),
+        ValueError,
+        "steps",
+    ),
+    (
+        "progressive_distillation_loss",
+        lambda: fmlib.progressive_distillation_loss(v, lambda x, t: x[:1], LinearPath(), X, steps=2),
+        ValueError,
+        "teacher(x, t)",
+    ),
+    (
+        "progressive_distillation_loss",
+        lambda: fmlib.progressive_distillation_loss(v, None, LinearPath(), X, steps=2),
+        TypeError,
+        "teacher",
+    ),
 ]
 
 
