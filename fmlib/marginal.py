@@ -33,8 +33,10 @@ from .paths import ProbPath, SchedulerOutput
 
 __all__ = ["EmpiricalMarginal"]
 
-_EXPANSION_TOL = 1e-5
-"""The largest rounding error bound (in the logits, so the relative error of a weight) of the expanded form."""
+_EXPANSION_ULPS = 256
+"""The expanded form is used where its rounding error bound (in the logits, so the relative error of a weight) is
+at most this many units of the dtype's eps: about the accuracy of the differences, whose logits of the points that
+matter (up to a few tens) carry errors of a few tens of eps."""
 
 _SMALL_ALPHA = 1e-3
 """Below this alpha_t the general (autograd or many-feature) route expands ||x - alpha_t x1||^2."""
@@ -227,7 +229,7 @@ class EmpiricalMarginal:
         return rows, cols
 
     def _expansion_ok(self, xf: Tensor, a: Tensor, s: Tensor, dn: Tensor) -> Tensor:
-        """Rows whose logits the expanded form (one matrix product) gives to within _EXPANSION_TOL.
+        """Rows whose logits the expanded form (one matrix product) gives to within _EXPANSION_ULPS * eps.
 
         The expanded logit (2 a x.y - a^2 ||y||^2) / (2 sigma^2) drops -||x||^2 / (2 sigma^2), the same for every
         data point; its rounding error is at most about 2 (F + 1) eps (a ||x|| Y + a^2 Y^2 / 2) / sigma^2 with
@@ -236,7 +238,7 @@ class EmpiricalMarginal:
         eps = torch.finfo(xf.dtype).eps
         big_y = dn.max().sqrt()
         bound = 2 * (xf.shape[1] + 1) * eps * (a * xf.norm(dim=1) * big_y + 0.5 * a**2 * big_y**2) / s**2
-        return bound <= _EXPANSION_TOL
+        return bound <= _EXPANSION_ULPS * eps
 
     def _stream(
         self, x: Tensor, t: float | Tensor, want_mean: bool
