@@ -422,7 +422,7 @@ def discrete_cfm_loss(
         p_xt = torch.where(
             in_vocab, logp.gather(-1, x_t.clamp(max=path.vocab_size - 1)[..., None]).squeeze(-1).exp(), 0.0
         )
-        per_pos = (1 - same) * (-logp_x1) + same - p_xt
+        per_pos = torch.where(x_t == x1, 0.0, -logp_x1) + same - p_xt  # no 0 * inf where p_theta(x1) = 0
         per_row = rate * per_pos.sum(dim=1)
     if weights is not None:
         per_row = per_row * weights.to(per_row.dtype)
@@ -798,6 +798,7 @@ class TokenMLP(nn.Module):
     """
 
     freqs: Tensor
+    offsets: Tensor
 
     def __init__(
         self,
@@ -825,9 +826,13 @@ class TokenMLP(nn.Module):
             check_int(num_classes, "num_classes", 1)
         self.length, self.vocab_size, self.num_states, self.num_classes = length, vocab_size, num_states, num_classes
         self.register_buffer("freqs", 2 * math.pi * torch.arange(1, time_freqs + 1, dtype=torch.float32))
-        n_in = length * num_states + 1 + 2 * time_freqs
+        # the first layer is linear in the one-hot encoding of x: one learned vector per (position, state),
+        # summed over positions (an embedding lookup instead of a (B, L * num_states) matrix product)
+        self.tokens = nn.Embedding(length * num_states, hidden)
+        nn.init.normal_(self.tokens.weight, std=1 / math.sqrt(length))
+        self.register_buffer("offsets", torch.arange(length) * num_states)
+        self.inp = nn.Linear(1 + 2 * time_freqs, hidden)
         self.embed = nn.Embedding(num_classes + 1, hidden) if num_classes is not None else None
-        self.inp = nn.Linear(n_in, hidden)
         layers: list[nn.Module] = []
         for _ in range(depth - 1):
             layers += [nn.SiLU(), nn.Linear(hidden, hidden)]
@@ -840,11 +845,11 @@ class TokenMLP(nn.Module):
             raise ValueError(f"x must have length L = {self.length}; got shape {tuple(x.shape)}")
         tt = _times(t, x.shape[0], x.device, torch.float32)[:, None]
         w = self.inp.weight
-        feats = [torch.nn.functional.one_hot(x, self.num_states).flatten(1).to(w.dtype), tt.to(w.dtype)]
+        feats = [tt.to(w.dtype)]
         if self.freqs.numel():
             a = tt * self.freqs
             feats += [torch.sin(a).to(w.dtype), torch.cos(a).to(w.dtype)]
-        h = self.inp(torch.cat(feats, dim=1))
+        h = self.inp(torch.cat(feats, dim=1)) + self.tokens(x + self.offsets).sum(1)
         if self.embed is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)  # type: ignore[arg-type]
