@@ -75,8 +75,6 @@ from .plotting import image_grid
 from .sde import euler_maruyama, integrate_sde
 from .solvers import (
     ADAPTIVE_METHODS,
-    METHODS,
-    NFE_PER_STEP,
     SOLVERS,
     FixedStepMethod,
     NFECounter,
@@ -117,8 +115,6 @@ __all__ = [
     "rk4_step",
     "integrate",
     "time_grid",
-    "METHODS",
-    "NFE_PER_STEP",
     "FixedStepMethod",
     "SOLVERS",
     "register_solver",

@@ -40,8 +40,6 @@ __all__ = [
     "register_solver",
     "integrate",
     "time_grid",
-    "METHODS",
-    "NFE_PER_STEP",
     "NFECounter",
     "integrate_adaptive",
     "ADAPTIVE_METHODS",
@@ -176,13 +174,6 @@ SOLVERS: MappingProxyType[str, FixedStepMethod] = MappingProxyType(_REGISTRY)
 """The registry of fixed-step methods by name (read-only view; add entries with :func:`register_solver`)."""
 
 
-METHODS: dict[str, StepFunction] = {name: m.step for name, m in _REGISTRY.items()}
-"""Step function of each registered method, by name (kept in step with :data:`SOLVERS`)."""
-
-NFE_PER_STEP: dict[str, int] = {name: m.nfe_per_step for name, m in _REGISTRY.items()}
-"""Function evaluations per step of each registered method (kept in step with :data:`SOLVERS`)."""
-
-
 def register_solver(name: str, step: StepFunction, order: int, nfe_per_step: int, overwrite: bool = False) -> None:
     """Register a fixed-step method under ``name`` for :func:`integrate` and every caller of it.
 
@@ -218,8 +209,6 @@ def register_solver(name: str, step: StepFunction, order: int, nfe_per_step: int
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"a method named {name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[name] = method
-    METHODS[name] = method.step
-    NFE_PER_STEP[name] = method.nfe_per_step
 
 
 def _resolve_method(method: object) -> StepFunction:
