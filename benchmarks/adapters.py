@@ -143,3 +143,38 @@ def sample(library: str, model: Callable, x0: torch.Tensor, nfe: int, libs: dict
         if library == "torchcfm":
             return libs["odeint"](lambda t, x: model(x, t), x0, grid, method="euler")[-1]
     raise ValueError(f"library must be one of {LIBRARIES}, got {library!r}")
+
+
+def flow_matching_discrete(kappa_power: float) -> dict[str, Any]:
+    """flow_matching's discrete classes for kappa_t = t^n: the path, its scheduler and the Euler jump solver."""
+    from flow_matching.path import MixtureDiscreteProbPath
+    from flow_matching.path.scheduler import PolynomialConvexScheduler
+    from flow_matching.solver import MixtureDiscreteEulerSolver
+    from flow_matching.utils import ModelWrapper
+
+    return dict(
+        path=MixtureDiscreteProbPath(PolynomialConvexScheduler(n=kappa_power)),
+        Solver=MixtureDiscreteEulerSolver,
+        ModelWrapper=ModelWrapper,
+    )
+
+
+def sample_discrete_flow_matching(
+    net: Callable, x0: torch.Tensor, steps: int, vocab_size: int, fm: dict[str, Any], cond: torch.Tensor | None = None
+) -> torch.Tensor:
+    """flow_matching's ``MixtureDiscreteEulerSolver`` on a posterior network ``net(x, t[, cond]) -> logits``.
+
+    The solver, as its documentation shows, takes a model that returns posterior *probabilities* over every state;
+    the network's probabilities over the vocabulary get a zero column for the mask (index ``vocab_size``).
+    """
+
+    class Probabilities(fm["ModelWrapper"]):
+        def forward(self, x, t, **extras):
+            logits = net(x, t) if cond is None else net(x, t, cond)
+            p = torch.softmax(logits.float(), dim=-1)
+            return torch.cat([p, p.new_zeros(*p.shape[:-1], 1)], dim=-1)
+
+    solver = fm["Solver"](model=Probabilities(net), path=fm["path"], vocabulary_size=vocab_size + 1)
+    with torch.no_grad():
+        grid = torch.linspace(0.0, 1.0, steps + 1, device=x0.device)  # exactly `steps` steps
+        return solver.sample(x_init=x0, step_size=None, time_grid=grid)

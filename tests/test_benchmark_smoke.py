@@ -389,3 +389,30 @@ def test_figures_follow_the_book_style(benchmark, name, draw):
             assert ax.get_legend() is None  # legends go outside the panels (figure legends)
     finally:
         plt.close(fig)
+
+
+def test_discrete_smoke_compares_fmlib_and_flow_matching(tmp_path):
+    from benchmarks import discrete
+
+    result = run_smoke("discrete", tmp_path / "discrete_smoke.json")
+    cfg = discrete.Config.smoke()
+    meta = result["meta"]
+    assert meta["benchmark"] == "discrete" and meta["mode"] == "smoke" and meta["torch_threads"] == 1
+    assert {"flow_matching", "sklearn", "fmlib", "torch"} <= set(meta["versions"])
+    assert "load_start" in meta and "quiet" in meta  # the machine's load is recorded beside the timings
+    assert discrete.Config.from_dict(result["config"]) == cfg
+    bad = [(where, v) for where, v in _numbers(result) if not math.isfinite(v)]
+    assert not bad, bad[:10]
+    pc = result["path_check"]
+    # both libraries draw P(x_t = x1) = kappa_t (within 5 standard errors) and give the same velocity
+    assert len(pc["rows"]) == 2 * len(cfg.path_times) and pc["max_abs_z"] < 5
+    assert pc["max_velocity_difference"] < 1e-12
+    digits = result["digits"]
+    assert list(digits["rows"]) == [str(s) for s in cfg.steps]
+    for row in digits["rows"].values():
+        assert set(row["accuracy"]) == {"fmlib", "flow_matching", "fmlib_guided"}
+        assert all(0 <= a <= 1 for a in row["accuracy"].values())
+        assert min(row["seconds"].values()) > 0 and row["time_ratio"] > 0
+        assert row["masked_left"] == {"fmlib": 0, "flow_matching": 0}  # every mask lands on a grey level
+    grid = result["grid2d"]
+    assert grid["floor"] > 0 and all(r["ratio_to_floor"] > 0 for r in grid["rows"].values())
