@@ -18,7 +18,7 @@ from torch import Tensor
 from ._checks import as_time, check_batch, check_finite, check_same_shape, check_velocity_output
 from .paths import PREDICTIONS, AffinePath, ProbPath
 
-__all__ = ["cfm_loss", "logit_normal", "sample_times", "TimeSampler"]
+__all__ = ["cfm_loss", "logit_normal"]
 
 #: A time sampler: ``sampler(n, generator, dtype, device) -> t`` of shape (n,) with values in [0, 1].
 TimeSampler = Callable[[int, torch.Generator | None, torch.dtype, torch.device], Tensor]
@@ -181,8 +181,7 @@ def cfm_loss(
         coupling: optional ``coupling(x0, x1) -> pi``, an int64 index tensor of shape (B,) with values
             in 0..B-1, such that ``x1[pi]`` is paired with ``x0``; pi is applied to x1 and to every
             per-row tensor that belongs to x1 (``cond``, ``weights``), so labels follow their rows
-            (Tong et al. 2024, OT-CFM). A coupling that returns the pair ``(x0, x1)`` instead (as
-            :func:`~fmlib.minibatch_ot` does) is accepted when neither ``cond`` nor ``weights`` is given.
+            (Tong et al. 2024, OT-CFM); :func:`~fmlib.ot_assignment` is one.
             Default: independent (x0 and x1 paired in the order given).
         cond: optional per-row condition of x1 (class labels or any tensor whose first dimension is B),
             passed to the model as its third argument.
@@ -205,11 +204,12 @@ def cfm_loss(
     Raises:
         ValueError: if x0 and x1 differ in shape, t is outside [0, 1] or of the wrong length, the model
             returns a tensor of another shape, the coupling returns indices of the wrong shape, dtype or
-            range (or a pair while cond or weights are given), cond has another batch size, weights are
+            range, cond has another batch size, weights are
             of the wrong shape, negative or not finite, or the time sampler returns times of the wrong
             shape or outside [0, 1], or prediction is unknown.
         TypeError: if x1 or x0 is not a floating tensor, the model does not return a tensor, cond or
-            weights are not tensors, time_sampler is neither a name nor callable, or prediction is
+            weights are not tensors, the coupling returns something other than an index tensor (a
+            pair (x0, x1) included), time_sampler is neither a name nor callable, or prediction is
             ``"x1"``/``"epsilon"`` on a path that is not an AffinePath.
 
     Example:
@@ -273,21 +273,12 @@ def apply_coupling(
         if weights is not None:
             weights = weights[pi]
         return x0, x1, cond, weights
-    if isinstance(paired, tuple) and len(paired) == 2 and all(isinstance(p, Tensor) for p in paired):
-        if cond is not None or weights is not None:
-            raise ValueError(
-                "coupling must return an index tensor pi (x1[pi] paired with x0) when cond or weights are "
-                "given, so that they follow their rows; it returned a pair (x0, x1) "
-                "(use fmlib.ot_assignment rather than fmlib.minibatch_ot)"
-            )
-        shape = tuple(x1.shape)
-        x0, x1 = paired
-        if tuple(x0.shape) != shape or tuple(x1.shape) != shape:
-            raise ValueError(
-                f"coupling must return (x0, x1) of the batch's shape {shape}, re-paired, not fewer rows; "
-                f"got {tuple(x0.shape)} and {tuple(x1.shape)}"
-            )
-        return x0, x1, cond, weights
+    if isinstance(paired, tuple):
+        raise TypeError(
+            f"coupling must return an int64 index tensor pi of shape ({batch},) (x1[pi] paired with x0), so that "
+            "per-row tensors follow their rows; it returned a tuple (for minibatch OT pass "
+            "coupling=fmlib.ot_assignment, not fmlib.minibatch_ot)"
+        )
     raise TypeError(f"coupling must return an int64 index tensor of shape ({batch},); got {type(paired).__name__}")
 
 

@@ -483,7 +483,7 @@ def train(
             argument. A Dataset or DataLoader gives its labels in its items.
         p_uncond: probability of replacing a label by the null label ``model.num_classes`` (label dropout
             for classifier-free guidance, Ho & Salimans 2022), in [0, 1].
-        coupling: an index-returning ``coupling(x0, x1) -> pi`` (or ``fmlib.minibatch_ot``), applied to
+        coupling: an index-returning ``coupling(x0, x1) -> pi`` such as ``fmlib.ot_assignment``, applied to
             each minibatch (see :func:`~fmlib.cfm_loss`); labels follow their rows.
         source: samples of a non-Gaussian source, shape ``(N, *D)`` like a tensor ``data``: row i is paired
             with row i of data (a reflow pair set keeps its pairing; a ``coupling`` then re-pairs the rows of each

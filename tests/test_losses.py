@@ -150,20 +150,11 @@ def test_weights_follow_the_coupling(gen):
     assert float(loss) == 16.0 / 4  # |x1 - x0|^2 = 16 for the row x1 = 4, wherever the coupling puts it
 
 
-def test_pair_returning_coupling_still_works_without_per_row_tensors(gen):
+def test_a_coupling_returns_indices_not_pairs(gen):
+    # one coupling protocol: pi such that x1[pi] goes with x0; a pair (x0, x1) is refused, naming the fix
     x0, x1 = torch.randn(5, 2, generator=gen), torch.randn(5, 2, generator=gen)
-    swap = lambda a, b: (a, b.flip(0))  # noqa: E731
-    index = lambda a, b: torch.arange(4, -1, -1)  # noqa: E731
-
-    def v(x, t):
-        return x
-
-    torch.testing.assert_close(
-        cfm_loss(v, LinearPath(), x1, x0=x0, t=0.3, coupling=swap),
-        cfm_loss(v, LinearPath(), x1, x0=x0, t=0.3, coupling=index),
-    )
-    with pytest.raises(ValueError, match="coupling must return an index tensor pi"):
-        cfm_loss(lambda x, t, y: x, LinearPath(), x1, x0=x0, t=0.3, coupling=swap, cond=torch.zeros(5))
+    with pytest.raises(TypeError, match="coupling must return an int64 index tensor.*ot_assignment"):
+        cfm_loss(lambda x, t: x, LinearPath(), x1, x0=x0, t=0.3, coupling=lambda a, b: (a, b.flip(0)))
 
 
 @pytest.mark.parametrize(
