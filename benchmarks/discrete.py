@@ -26,6 +26,7 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass, fields
@@ -82,7 +83,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return cls(**{f.name: tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name] for f in fields(cls)})
+        kwargs: dict[str, Any] = {f.name: d[f.name] for f in fields(cls)}
+        for k, v in kwargs.items():
+            if isinstance(v, list):
+                kwargs[k] = tuple(v)
+        return cls(**kwargs)
 
 
 def to_tokens(images: torch.Tensor) -> torch.Tensor:
@@ -138,10 +143,10 @@ def path_check(cfg: Config, log) -> dict[str, Any]:
             )
         logits = torch.randn(64, 8, V, generator=fmlib.seeded_generator(2), dtype=torch.float64)
         x = torch.randint(0, V + 1, (64, 8), generator=fmlib.seeded_generator(3))
-        t = torch.rand(64, generator=fmlib.seeded_generator(4), dtype=torch.float64) * 0.95
-        u = ours.velocity(torch.softmax(logits, -1), x, t)
+        times = torch.rand(64, generator=fmlib.seeded_generator(4), dtype=torch.float64) * 0.95
+        u = ours.velocity(torch.softmax(logits, -1), x, times)
         padded = torch.cat([logits, torch.full((64, 8, 1), -math.inf, dtype=torch.float64)], -1)
-        diff = float((u - fm["path"].posterior_to_velocity(padded, x, t)).abs().max())
+        diff = float((u - fm["path"].posterior_to_velocity(padded, x, times)).abs().max())
         out["max_velocity_difference"] = max(out["max_velocity_difference"], diff)
     out["max_abs_z"] = max(max(abs(r["fmlib_z"]), abs(r["flow_matching_z"])) for r in out["rows"])
     log(f"path check: max |z| {out['max_abs_z']:.2f}, velocity difference {out['max_velocity_difference']:.1e}")
@@ -175,10 +180,11 @@ def digits(cfg: Config, log) -> dict[str, Any]:
 
     rows = {}
     for steps in cfg.steps:
-        t_ours, t_theirs = [], []
+        t_ours: list[float] = []
+        t_theirs: list[float] = []
         for _ in range(cfg.timing_rounds):  # interleaved: a change of load hits both alike
-            t_ours.append(harness.timed(lambda s=steps: ours(s), 1)[0])
-            t_theirs.append(harness.timed(lambda s=steps: theirs(s), 1)[0])
+            t_ours.append(harness.timed(functools.partial(ours, steps), 1)[0])
+            t_theirs.append(harness.timed(functools.partial(theirs, steps), 1)[0])
         a, b = sorted(t_ours)[len(t_ours) // 2], sorted(t_theirs)[len(t_theirs) // 2]
         x_ours, x_theirs, x_guided = ours(steps), theirs(steps), ours(steps, cfg.guidance)
         rows[str(steps)] = dict(
@@ -223,11 +229,12 @@ def grid2d(cfg: Config, log) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     net = fmlib.TokenMLP(2, bins, path.num_states, hidden=max(32, cfg.hidden // 2), depth=2)
     train(net, path, data, cfg.grid_train_steps, cfg, seed=cfg.seed + 1)
-    out = {"floor": floor, "rows": {}}
+    rows: dict[str, dict[str, float]] = {}
     for steps in cfg.steps:
         x = fmlib.sample_discrete(net, path.sample_source((cfg.grid_points, 2)), path, steps, g)
         w2 = fmlib.wasserstein2(decode(x), held)
-        out["rows"][str(steps)] = {"w2": w2, "ratio_to_floor": w2 / floor}
+        rows[str(steps)] = {"w2": w2, "ratio_to_floor": w2 / floor}
+    out = {"floor": floor, "rows": rows}
     log(f"grid2d: {out}")
     return out
 

@@ -43,7 +43,12 @@ from torch import Tensor, nn
 
 from ._checks import as_time, check_int, check_labels, check_real
 from .losses import _check_weights, sample_times
-from .paths import Scheduler, _ReadOnlyParameters
+from .paths import Scheduler
+
+try:  # the read-only parameters of fmlib's paths and schedulers (their home moved to _checks)
+    from ._checks import ReadOnlyParameters as _ReadOnlyParameters  # type: ignore[attr-defined,unused-ignore]
+except ImportError:  # pragma: no cover - before the move
+    from .paths import _ReadOnlyParameters  # type: ignore[attr-defined,no-redef,unused-ignore]
 
 __all__ = [
     "MixtureDiscretePath",
