@@ -3,181 +3,68 @@
 Conventions: t = 0 is the source N(0, I), t = 1 is the data; batch first;
 a velocity field is a callable ``v(x, t)`` with x of shape ``(B, *D)`` and t of
 shape (B,).
+
+Every public name is written once, in its module's ``__all__``, and the package exports them all.
+:mod:`fmlib.plotting` is a namespace of its own (``fmlib.plotting.plot_samples``, ...), apart from
+:func:`~fmlib.plotting.image_grid`, which the image chapters use beside the data.
 """
 
-from .conventions import (
-    CONVENTION_PREDICTIONS,
-    CONVENTIONS,
-    GUIDANCE_CONVENTIONS,
-    from_book_guidance,
-    from_book_state,
-    from_book_time,
-    from_book_velocity,
-    to_book_guidance,
-    to_book_state,
-    to_book_time,
-    to_book_velocity,
+from . import (
+    conventions,
+    couplings,
+    data,
+    discrete,
+    ema,
+    few_step,
+    guidance,
+    likelihood,
+    losses,
+    marginal,
+    metrics,
+    models,
+    paths,
+    schedulers,
+    sde,
+    solvers,
+    training,
 )
-from .couplings import minibatch_ot, ot_assignment, reflow_pairs, sinkhorn_coupling
-from .data import (
-    DATASETS,
-    DigitsSplit,
-    checkerboard,
-    eight_gaussians,
-    load_digits_split,
-    s_curve,
-    sample_data,
-    seeded_generator,
-    spirals,
-    two_moons,
-)
-from .discrete import DiscreteEmpiricalMarginal, MixtureDiscretePath, TokenMLP, discrete_cfm_loss, sample_discrete
-from .ema import EMA
-from .few_step import (
-    meanflow_loss,
-    meanflow_target,
-    progressive_distillation_loss,
-    sample_flow_map,
-    sample_shortcut,
-    shortcut_loss,
-)
-from .guidance import cfg_combine, drop_labels, guided_velocity
-from .likelihood import divergence, log_likelihood
-from .losses import cfm_loss, logit_normal
-from .marginal import EmpiricalMarginal
-from .metrics import (
-    DigitClassifier,
-    frechet_distance,
-    frechet_distance_gaussians,
-    nearest_distances,
-    normalized_path_energy,
-    path_energy,
-    straightness,
-    wasserstein2,
-)
-from .models import MLP, DigitUNet
-from .paths import (
-    AffinePath,
-    CondOTScheduler,
-    CosineScheduler,
-    GaussianPath,
-    LinearPath,
-    PathSample,
-    PolynomialScheduler,
-    ProbPath,
-    Scheduler,
-    SchedulerOutput,
-    SchrodingerBridgePath,
-    VPScheduler,
-    change_scheduler,
-)
+from .conventions import *  # noqa: F403
+from .couplings import *  # noqa: F403
+from .data import *  # noqa: F403
+from .discrete import *  # noqa: F403
+from .ema import *  # noqa: F403
+from .few_step import *  # noqa: F403
+from .guidance import *  # noqa: F403
+from .likelihood import *  # noqa: F403
+from .losses import *  # noqa: F403
+from .marginal import *  # noqa: F403
+from .metrics import *  # noqa: F403
+from .models import *  # noqa: F403
+from .paths import *  # noqa: F403
 from .plotting import image_grid
-from .sde import euler_maruyama, integrate_sde
-from .solvers import (
-    ADAPTIVE_METHODS,
-    SOLVERS,
-    FixedStepMethod,
-    NFECounter,
-    euler_step,
-    heun_step,
-    integrate,
-    integrate_adaptive,
-    midpoint_step,
-    register_solver,
-    rk4_step,
-    time_grid,
-)
-from .training import PRECISIONS, Recipe, TrainingRecord, lr_schedule, train
+from .schedulers import *  # noqa: F403
+from .sde import *  # noqa: F403
+from .solvers import *  # noqa: F403
+from .training import *  # noqa: F403
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PathSample",
-    "ProbPath",
-    "LinearPath",
-    "GaussianPath",
-    "Scheduler",
-    "SchedulerOutput",
-    "CondOTScheduler",
-    "CosineScheduler",
-    "PolynomialScheduler",
-    "VPScheduler",
-    "AffinePath",
-    "change_scheduler",
-    "integrate_sde",
-    "euler_maruyama",
-    "cfm_loss",
-    "logit_normal",
-    "EmpiricalMarginal",
-    "euler_step",
-    "midpoint_step",
-    "heun_step",
-    "rk4_step",
-    "integrate",
-    "time_grid",
-    "FixedStepMethod",
-    "SOLVERS",
-    "register_solver",
-    "NFECounter",
-    "integrate_adaptive",
-    "log_likelihood",
-    "ADAPTIVE_METHODS",
-    "divergence",
-    "minibatch_ot",
-    "ot_assignment",
-    "sinkhorn_coupling",
-    "reflow_pairs",
-    "SchrodingerBridgePath",
-    "wasserstein2",
-    "path_energy",
-    "normalized_path_energy",
-    "straightness",
-    "MLP",
-    "train",
-    "Recipe",
-    "PRECISIONS",
-    "TrainingRecord",
-    "lr_schedule",
-    "EMA",
-    "load_digits_split",
-    "DigitsSplit",
-    "DigitUNet",
-    "drop_labels",
-    "cfg_combine",
-    "guided_velocity",
-    "DigitClassifier",
-    "frechet_distance",
-    "frechet_distance_gaussians",
-    "nearest_distances",
-    "image_grid",
-    "two_moons",
-    "eight_gaussians",
-    "checkerboard",
-    "spirals",
-    "s_curve",
-    "sample_data",
-    "DATASETS",
-    "seeded_generator",
-    "CONVENTIONS",
-    "CONVENTION_PREDICTIONS",
-    "GUIDANCE_CONVENTIONS",
-    "to_book_time",
-    "from_book_time",
-    "to_book_state",
-    "from_book_state",
-    "to_book_velocity",
-    "from_book_velocity",
-    "to_book_guidance",
-    "from_book_guidance",
-    "MixtureDiscretePath",
-    "discrete_cfm_loss",
-    "DiscreteEmpiricalMarginal",
-    "sample_discrete",
-    "TokenMLP",
-    "meanflow_target",
-    "meanflow_loss",
-    "sample_flow_map",
-    "shortcut_loss",
-    "sample_shortcut",
-    "progressive_distillation_loss",
-]
+__all__: list[str] = []
+__all__ += paths.__all__
+__all__ += schedulers.__all__
+__all__ += losses.__all__
+__all__ += solvers.__all__
+__all__ += sde.__all__
+__all__ += likelihood.__all__
+__all__ += marginal.__all__
+__all__ += couplings.__all__
+__all__ += metrics.__all__
+__all__ += models.__all__
+__all__ += training.__all__
+__all__ += ema.__all__
+__all__ += guidance.__all__
+__all__ += data.__all__
+__all__ += conventions.__all__
+__all__ += discrete.__all__
+__all__ += few_step.__all__
+__all__ += ["image_grid"]

@@ -191,3 +191,33 @@ def check_labels(y: object, batch: int, num_classes: int, allow_null: bool = Tru
             what = f"0..{num_classes - 1} or the null label {num_classes}" if allow_null else f"0..{top}"
             raise ValueError(f"{name} must hold labels in {what}; got values in [{lo}, {hi}]")
     return y.long()
+
+
+class ReadOnlyParameters:
+    """The attributes named in ``_parameters`` are set once, in ``__init__``, and never reassigned or deleted.
+
+    A path or scheduler computes with the values it was built with (some are copied into a scheduler or
+    checked at construction), so a later ``path.sigma_min = 0.5`` would change what it reports but not
+    what it computes; it raises AttributeError instead. Copies and pickles are unaffected.
+    """
+
+    _parameters: tuple[str, ...] = ()
+    _kind = "object"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._parameters and name in self.__dict__:
+            raise self._read_only(name, value)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in self._parameters:
+            raise self._read_only(name, None)
+        super().__delattr__(name)
+
+    def _read_only(self, name: str, value: object) -> AttributeError:
+        cls = type(self).__name__
+        example = f", e.g. {cls}({name}={value!r})" if value is not None else ""
+        return AttributeError(
+            f"{self!r}: {cls}.{name} is read-only (it is fixed when the {self._kind} is built); "
+            f"build a new {cls} instead{example}"
+        )
