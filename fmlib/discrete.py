@@ -41,14 +41,9 @@ from numbers import Real
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, check_int, check_labels, check_real
+from ._checks import ReadOnlyParameters, as_time, check_int, check_labels, check_real
 from .losses import _check_weights, sample_times
-from .paths import Scheduler
-
-try:  # the read-only parameters of fmlib's paths and schedulers (their home moved to _checks)
-    from ._checks import ReadOnlyParameters as _ReadOnlyParameters  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # pragma: no cover - before the move
-    from .paths import _ReadOnlyParameters  # type: ignore[attr-defined,no-redef,unused-ignore]
+from .schedulers import Scheduler
 
 __all__ = [
     "MixtureDiscretePath",
@@ -115,7 +110,7 @@ def _check_cond(cond: object, batch: int, name: str = "cond") -> Tensor:
 # -- the path ------------------------------------------------------------------------------------------------
 
 
-class MixtureDiscretePath(_ReadOnlyParameters):
+class MixtureDiscretePath(ReadOnlyParameters):
     """The factorised mixture path p_t(x^i | x1^i) = kappa_t delta(x^i, x1^i) + (1 - kappa_t) p_0(x^i).
 
     kappa_t is the scheduler's alpha_t (the weight of the data), which must run from kappa_0 = 0 to

@@ -159,6 +159,7 @@ class AffinePath(ProbPath):
 
     Example:
         >>> import torch
+        >>> from fmlib import CosineScheduler
         >>> path = AffinePath(CosineScheduler())
         >>> x, t = torch.tensor([[1.0, 0.0]]), 0.5
         >>> v = torch.tensor([[0.3, -0.2]])
@@ -460,6 +461,7 @@ def change_scheduler(
         >>> import torch
         >>> data = torch.tensor([[1.0], [-2.0]], dtype=torch.float64)
         >>> from fmlib import EmpiricalMarginal
+        >>> from fmlib import CosineScheduler
         >>> ot, cos = GaussianPath(), AffinePath(CosineScheduler())
         >>> v_cos = change_scheduler(EmpiricalMarginal(data, ot).velocity, ot, cos)
         >>> x = torch.tensor([[0.3]], dtype=torch.float64)
