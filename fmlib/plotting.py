@@ -3,11 +3,11 @@
 Every helper draws on a given ``ax`` (or a new figure), labels its axes and, where
 colour means a number, adds a labelled colour bar. Inputs are tensors or arrays of
 2D points; they are moved to the CPU for drawing. The recurring figure types of the
-book have one helper each: a value over a 2D grid (:func:`plot_map`), several such
-maps on one colour scale (:func:`plot_maps`), samples beside the data
-(:func:`plot_samples_beside_data`), error against cost on log-log axes
-(:func:`plot_error_vs_cost`), paths coloured by their start (:func:`plot_flow_paths`)
-and animated particles (:func:`animate_flow`, shown with :func:`show_animation`).
+book have one helper each: samples beside the data (:func:`plot_samples_beside_data`),
+velocity fields over a density on one speed scale (:func:`plot_vector_fields`), paths
+coloured by their start (:func:`plot_flow_paths`) and animated particles
+(:func:`animate_flow`, shown with :func:`show_animation`). Every helper here is used by a
+chapter or a benchmark.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from matplotlib.animation import FuncAnimation
 from matplotlib.collections import LineCollection
 from matplotlib.colorbar import Colorbar
-from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize, TwoSlopeNorm
+from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -33,19 +33,13 @@ __all__ = [
     "MAX_FIGURE_WIDTH",
     "MARKERS",
     "grid_points",
-    "evaluate_on_grid",
     "data_extent",
     "panel_grid",
     "add_colorbar",
-    "diverging_norm",
     "loglog_slope",
     "plot_samples",
-    "plot_histogram",
     "plot_density",
-    "plot_map",
-    "plot_maps",
     "plot_samples_beside_data",
-    "plot_error_vs_cost",
     "plot_vector_field",
     "plot_vector_fields",
     "SPEED_CMAP",
@@ -70,7 +64,7 @@ W inches wide is shown at most 690 px wide, so one typographic point of it spans
 """
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
-"""Marker per curve in :func:`plot_error_vs_cost`: distinct shapes, so curves differ without colour."""
+"""Markers for curves on one axes: distinct shapes, so curves differ without colour."""
 
 
 def use_book_style() -> None:
@@ -245,29 +239,6 @@ def add_colorbar(mappable, ax: plt.Axes | Sequence[plt.Axes], label: str, **kwar
     return fig.colorbar(mappable, ax=ax, label=label, **kwargs)
 
 
-def diverging_norm(values: ArrayLike | None = None, vmax: float | None = None) -> TwoSlopeNorm:
-    r"""A colour norm centred on zero and symmetric, for signed quantities (differences, residuals).
-
-    The limits are :math:`\pm v_{\max}`, with :math:`v_{\max}` = ``vmax`` if given, else
-    :math:`\max_i |\mathrm{values}_i|` (1.0 when all values are zero). Use it with a diverging colour
-    map such as ``"RdBu_r"``.
-
-    Raises:
-        ValueError: neither ``values`` nor ``vmax`` given, ``vmax <= 0``, or non-finite values.
-    """
-    if vmax is None:
-        if values is None:
-            raise ValueError("diverging_norm needs values or vmax; got neither")
-        arr = _np(values) if isinstance(values, Tensor) else np.asarray(values, dtype=np.float64)
-        if not np.isfinite(arr).all():
-            raise ValueError("diverging_norm got non-finite values (NaN or inf)")
-        vmax = float(np.abs(arr).max()) if arr.size else 0.0
-        vmax = vmax if vmax > 0 else 1.0
-    if not vmax > 0:
-        raise ValueError(f"vmax must be > 0; got {vmax}")
-    return TwoSlopeNorm(vcenter=0.0, vmin=-float(vmax), vmax=float(vmax))
-
-
 def loglog_slope(x: ArrayLike | Sequence[float], y: ArrayLike | Sequence[float]) -> float:
     r"""Least-squares slope of log y against log x: the order :math:`p` in :math:`y \approx C x^p`.
 
@@ -323,23 +294,6 @@ def plot_samples(
     return ax
 
 
-def plot_histogram(
-    x: Tensor | np.ndarray,
-    ax: plt.Axes | None = None,
-    title: str | None = None,
-    extent: Extent = (-3, 3, -3, 3),
-    bins: int = 100,
-    cmap: str = "viridis",
-) -> plt.Axes:
-    """2D histogram (a density estimate) of points of shape (B, 2), with a colour bar."""
-    ax = _axes(ax)
-    p = _np(x)
-    _, _, _, im = ax.hist2d(p[:, 0], p[:, 1], bins=bins, range=[extent[:2], extent[2:]], density=True, cmap=cmap)
-    ax.figure.colorbar(im, ax=ax, label="density")
-    _label(ax, title, extent)
-    return ax
-
-
 def plot_density(
     density: Callable[[Tensor], Tensor],
     ax: plt.Axes | None = None,
@@ -366,131 +320,6 @@ def plot_density(
     ax.figure.colorbar(im, ax=ax, label=label)
     _label(ax, title, extent)
     return ax
-
-
-def evaluate_on_grid(
-    f: Callable[[Tensor], Tensor],
-    extent: Extent = (-3, 3, -3, 3),
-    n: int = 100,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> np.ndarray:
-    """Values of ``f`` (points (M, 2) -> values (M,)) on the n x n grid of :func:`grid_points`, shape (n, n).
-
-    Row i holds y = Y[i, 0], so the result draws with ``imshow(..., origin="lower", extent=extent)``.
-    Evaluated under ``torch.no_grad()``.
-
-    Raises:
-        ValueError: ``f`` does not return M values for M points.
-    """
-    pts, X, _ = grid_points(extent, n, dtype=dtype, device=device)
-    with torch.no_grad():
-        values = _np(f(pts))
-    if values.size != X.size:
-        raise ValueError(f"f must map points of shape (M, 2) to M values; got {values.shape} for M = {X.size}")
-    return values.reshape(X.shape)
-
-
-def _norm(values: Sequence[np.ndarray], norm: Normalize | None, diverging: bool, log: bool) -> Normalize:
-    if norm is not None:
-        return norm
-    if diverging:
-        return diverging_norm(np.concatenate([np.ravel(v) for v in values]))
-    finite = np.concatenate([np.ravel(v)[np.isfinite(np.ravel(v))] for v in values])
-    if log:
-        positive = finite[finite > 0]
-        if positive.size == 0:
-            raise ValueError("log=True needs positive values; got none")
-        return LogNorm(vmin=float(positive.min()), vmax=float(positive.max()))
-    return Normalize(vmin=float(finite.min()), vmax=float(finite.max()))
-
-
-def plot_map(
-    values: ArrayLike,
-    extent: Extent,
-    label: str,
-    ax: plt.Axes | None = None,
-    title: str | None = None,
-    cmap: str | None = None,
-    norm: Normalize | None = None,
-    diverging: bool = False,
-    log: bool = False,
-    colorbar: bool = True,
-) -> plt.Axes:
-    """A quantity over a 2D grid, shape (n, n) (e.g. from :func:`evaluate_on_grid`), with a labelled colour bar.
-
-    Args:
-        values: grid values, row i at the i-th y value (``origin="lower"``).
-        extent: (xmin, xmax, ymin, ymax) the grid covers.
-        label: colour bar label: the quantity and its meaning.
-        diverging: a signed quantity: ``"RdBu_r"`` with a norm centred on zero (:func:`diverging_norm`).
-        log: a positive quantity over decades: a logarithmic norm.
-        norm: an explicit norm (overrides ``diverging`` and ``log``).
-        colorbar: draw the colour bar (False when the caller adds a shared one).
-
-    Returns:
-        The axes; the image is ``ax.images[-1]``.
-
-    Raises:
-        ValueError: ``values`` not 2D, a bad extent, an empty label, or ``log`` with no positive value.
-    """
-    arr = _np(values)
-    if arr.ndim != 2:
-        raise ValueError(f"values must be a 2D grid of shape (n, n); got shape {arr.shape}")
-    extent = _check_extent(extent)
-    _check_label(label)
-    ax = _axes(ax)
-    cmap = cmap if cmap is not None else ("RdBu_r" if diverging else "viridis")
-    im = ax.imshow(arr, origin="lower", extent=extent, cmap=cmap, norm=_norm([arr], norm, diverging, log))
-    if colorbar:
-        add_colorbar(im, ax, label)
-    _label(ax, title, extent)
-    return ax
-
-
-def plot_maps(
-    maps: Mapping[str, ArrayLike],
-    extent: Extent,
-    label: str,
-    cmap: str | None = None,
-    norm: Normalize | None = None,
-    diverging: bool = False,
-    log: bool = False,
-    points: ArrayLike | None = None,
-    ncols: int | None = None,
-) -> tuple[Figure, list[plt.Axes]]:
-    """Several grids of one quantity side by side, on ONE colour scale with one shared, labelled colour bar.
-
-    Args:
-        maps: {panel title: grid values of shape (n, n)}; at most three panels per row.
-        extent, label, cmap, norm, diverging, log: as in :func:`plot_map`; the scale spans all panels.
-        points: optional 2D points (B, 2) drawn small and white on every panel (e.g. the data).
-        ncols: panels per row (default ``min(len(maps), 3)``).
-
-    Returns:
-        ``(fig, axes)``.
-
-    Raises:
-        ValueError: no maps, maps of different shapes, or as :func:`plot_map`.
-    """
-    if not isinstance(maps, Mapping) or not maps:
-        raise ValueError("maps must be a non-empty mapping {title: grid values}")
-    arrays = {title: _np(v) for title, v in maps.items()}
-    shapes = {a.shape for a in arrays.values()}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"maps must all be 2D grids of one shape; got shapes {sorted(shapes)}")
-    extent = _check_extent(extent)
-    _check_label(label)
-    shared = _norm(list(arrays.values()), norm, diverging, log)
-    fig, axes = panel_grid(len(arrays), ncols=ncols, width=min(MAX_FIGURE_WIDTH, 3.0 * min(len(arrays), 3) + 0.9))
-    for ax, (title, arr) in zip(axes, arrays.items()):
-        plot_map(arr, extent, label, ax=ax, title=title, cmap=cmap, norm=shared, colorbar=False)
-        if points is not None:
-            p = _points(points, "points").reshape(-1, 2)
-            ax.scatter(p[:, 0], p[:, 1], s=1, c="white", alpha=0.6)
-            _label(ax, None, extent)
-    add_colorbar(axes[0].images[-1], axes, label, shrink=0.9)
-    return fig, axes
 
 
 def plot_samples_beside_data(
@@ -529,56 +358,6 @@ def plot_samples_beside_data(
         ax.scatter(d[:, 0], d[:, 1], s=s, color="0.8", zorder=0)
         plot_samples(p, ax=ax, title=f"{title} ({len(p)} points)", extent=extent, s=s, color=color)
     return fig, axes
-
-
-def plot_error_vs_cost(
-    curves: Mapping[str, tuple[ArrayLike | Sequence[float], ArrayLike | Sequence[float]]],
-    ax: plt.Axes | None = None,
-    xlabel: str = "NFE (field evaluations)",
-    ylabel: str = "error",
-    title: str | None = None,
-    fit_last: int | None = None,
-    colors: Mapping[str, str] | None = None,
-) -> plt.Axes:
-    """Error against cost on log-log axes, one curve per method, each with its own marker; legend outside.
-
-    Args:
-        curves: {method name: (cost, error)}, positive 1D sequences of equal length.
-        fit_last: if given, fit :func:`loglog_slope` to each curve's last ``fit_last`` points, draw the fit
-            dashed and put the slope in the legend.
-        colors: {method: colour} (default: the colour cycle, in order).
-
-    Returns:
-        The axes. The legend sits to the right of the axes, off the data.
-
-    Raises:
-        ValueError: no curves, or a curve with non-positive values or unequal lengths.
-    """
-    if not isinstance(curves, Mapping) or not curves:
-        raise ValueError("curves must be a non-empty mapping {method: (cost, error)}")
-    if ax is None:
-        ax = plt.subplots(figsize=(6.5, 4), layout="constrained")[1]
-    for k, (name, (cost, err)) in enumerate(curves.items()):
-        c = np.asarray(_np(cost) if isinstance(cost, Tensor) else cost, float)
-        e = np.asarray(_np(err) if isinstance(err, Tensor) else err, float)
-        loglog_slope(c, e) if len(c) >= 2 else None  # validates shapes and signs
-        color = (colors or {}).get(name, f"C{k % 10}")
-        label = name
-        if fit_last is not None:
-            m = check_int(fit_last, "fit_last", low=2)
-            slope = loglog_slope(c[-m:], e[-m:])
-            icpt = np.mean(np.log(e[-m:]) - slope * np.log(c[-m:]))
-            ax.plot(c[-m:], np.exp(icpt) * c[-m:] ** slope, "--", color="black", lw=0.8)
-            label = f"{name}: slope {slope:.2f}"
-        ax.plot(c, e, marker=MARKERS[k % len(MARKERS)], color=color, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set(xlabel=xlabel, ylabel=ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    return ax
 
 
 SPEED_CMAP = ListedColormap(plt.get_cmap("plasma")(np.linspace(0.0, 0.75, 256)), name="plasma_dark")

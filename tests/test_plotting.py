@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
 
 from fmlib import plotting  # noqa: E402
 from fmlib.plotting import MAX_FIGURE_WIDTH  # noqa: E402
@@ -83,58 +83,6 @@ def test_panel_grid_rejects_wide_layouts():
         plotting.panel_grid(2, width=12)
 
 
-def test_diverging_norm_is_centred_on_zero_and_symmetric():
-    values = np.array([-0.5, 0.1, 2.0])
-    norm = plotting.diverging_norm(values)
-    assert isinstance(norm, TwoSlopeNorm)
-    assert norm.vcenter == 0.0 and norm.vmin == -2.0 and norm.vmax == 2.0
-    assert norm(0.0) == pytest.approx(0.5)
-    assert norm(-2.0) == pytest.approx(0.0) and norm(2.0) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="vmax"):
-        plotting.diverging_norm(vmax=-1.0)
-
-
-def test_plot_map_labels_its_colour_bar_and_centres_a_diverging_map():
-    _, X, Y = plotting.grid_points((-2, 2, -1, 1), n=30)
-    residual = X * np.exp(-(Y**2)) + 0.3  # signed, not symmetric about zero
-    ax = plotting.plot_map(residual, (-2, 2, -1, 1), "residual $r(x)$", diverging=True)
-    im = ax.images[-1]
-    assert isinstance(im.norm, TwoSlopeNorm) and im.norm.vcenter == 0.0
-    assert im.norm.vmax == pytest.approx(np.abs(residual).max()) and im.norm.vmin == -im.norm.vmax
-    assert _colorbar_labels(ax.figure) == ["residual $r(x)$"]
-    assert ax.get_xlim() == (-2, 2) and ax.get_ylim() == (-1, 1)
-    with pytest.raises(ValueError, match="label"):
-        plotting.plot_map(residual, (-2, 2, -1, 1), "")
-    with pytest.raises(ValueError, match="2D grid"):
-        plotting.plot_map(residual.ravel(), (-2, 2, -1, 1), "r")
-
-
-def test_plot_map_log_scale():
-    ax = plotting.plot_map(np.array([[1e-3, 1.0], [10.0, 1e2]]), (0, 1, 0, 1), "error", log=True)
-    norm = ax.images[-1].norm
-    assert isinstance(norm, LogNorm) and (norm.vmin, norm.vmax) == (1e-3, 1e2)
-
-
-def test_plot_maps_share_one_scale_and_one_labelled_colour_bar():
-    extent = (-3, 3, -3, 3)
-    f = lambda x: torch.exp(-(x**2).sum(1) / 2)  # noqa: E731
-    a = plotting.evaluate_on_grid(f, extent, n=40)
-    b = 3 * plotting.evaluate_on_grid(lambda x: f(x - 1), extent, n=40)
-    fig, axes = plotting.plot_maps({"p": a, "3 q": b}, extent, "density")
-    assert fig.get_size_inches()[0] <= MAX_FIGURE_WIDTH
-    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
-    for ax in axes:
-        assert (ax.images[-1].norm.vmin, ax.images[-1].norm.vmax) == (pytest.approx(lo), pytest.approx(hi))
-    assert _colorbar_labels(fig) == ["density"]  # exactly one colour bar
-    with pytest.raises(ValueError, match="one shape"):
-        plotting.plot_maps({"p": a, "q": a[:10]}, extent, "density")
-
-
-def test_evaluate_on_grid_matches_grid_points_orientation():
-    values = plotting.evaluate_on_grid(lambda x: x[:, 1], (0, 1, -2, 2), n=5)
-    assert values[0, 0] == pytest.approx(-2.0) and values[-1, 0] == pytest.approx(2.0)  # row i has y = Y[i, 0]
-
-
 def test_plot_samples_beside_data_contains_data_and_samples(moons_traj):
     _, data = moons_traj
     samples = {"euler": data + 0.2, "rk4": data - 0.1}
@@ -144,24 +92,6 @@ def test_plot_samples_beside_data_contains_data_and_samples(moons_traj):
         assert _contains(ax, data.numpy())
     assert _contains(axes[1], (data + 0.2).numpy()) and _contains(axes[2], (data - 0.1).numpy())
     assert len({(ax.get_xlim(), ax.get_ylim()) for ax in axes}) == 1
-
-
-def test_plot_error_vs_cost_markers_legend_and_slopes():
-    nfe = np.array([2.0, 4.0, 8.0, 16.0])
-    curves = {"euler": (nfe, 3 / nfe), "midpoint": (nfe, 5 / nfe**2), "heun": (nfe, 4 / nfe**2)}
-    ax = plotting.plot_error_vs_cost(curves, fit_last=3)
-    lines = [line for line in ax.get_lines() if line.get_marker() not in ("None", None, "")]
-    assert len({line.get_marker() for line in lines}) == 3  # distinct markers per method
-    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["euler: slope -1.00", "midpoint: slope -2.00", "heun: slope -2.00"]
-    # the legend is outside the axes (to its right), so it cannot cover the data
-    ax.figure.canvas.draw()
-    legend_box = ax.get_legend().get_window_extent()
-    assert legend_box.x0 >= ax.get_window_extent().x1
-    assert ax.figure.get_size_inches()[0] <= MAX_FIGURE_WIDTH
-    with pytest.raises(ValueError, match="positive"):
-        plotting.plot_error_vs_cost({"bad": ([1, 2], [0.0, 1.0])})
 
 
 def test_loglog_slope_recovers_the_order():
