@@ -524,7 +524,7 @@ def to_book_velocity(
     _prepare(pred, x, "pred")
     tau, t_book = _times_for(t, x, conv, book=False)
     if conv.flow and kind == "velocity":
-        return -pred if conv.name == "sd3" else pred
+        return (-pred if conv.name == "sd3" else pred).to(x.dtype)
     dtype = t_book.dtype
     p, xc = pred.to(dtype), x.to(dtype)
     alpha, sigma = (unsqueeze_like(c, x) for c in conv.alpha_sigma(tau))
@@ -586,7 +586,7 @@ def from_book_velocity(
     _prepare(v, x, "v")
     tau, t_book = _times_for(t, x, conv, book=True)
     if conv.flow and kind == "velocity":
-        return -v if conv.name == "sd3" else v
+        return (-v if conv.name == "sd3" else v).to(x.dtype)
     dtype = t_book.dtype
     alpha, sigma = (unsqueeze_like(c, x) for c in conv.alpha_sigma(tau))
     k = torch.ones_like(alpha) if conv.flow else alpha + sigma

@@ -381,3 +381,13 @@ def test_dtypes_follow_the_inputs():
     assert to_book_velocity(x, x, 500, "ddpm").dtype == torch.float32
     assert to_book_state(x.half(), 500, "ddpm").dtype == torch.float16
     assert math.isclose(float(to_book_time(1.0, "score_sde_ve")), 1 / 51)
+
+
+@pytest.mark.parametrize("name", ["book", "sd3", "torchcfm"])
+def test_flow_velocities_come_back_in_xs_dtype(name):
+    # The docstrings promise x's dtype; the flow conventions' velocity (a pass-through or a sign flip) must too.
+    x = torch.randn(3, 2, generator=fmlib.seeded_generator(9), dtype=F64)
+    v = torch.randn(3, 2, generator=fmlib.seeded_generator(10))
+    assert to_book_velocity(v, x, 0.3, name).dtype == F64
+    assert from_book_velocity(v, x, 0.3, name).dtype == F64
+    assert to_book_velocity(v.double(), x.float(), 0.3, name).dtype == torch.float32
