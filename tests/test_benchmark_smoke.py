@@ -416,3 +416,32 @@ def test_discrete_smoke_compares_fmlib_and_flow_matching(tmp_path):
         assert row["masked_left"] == {"fmlib": 0, "flow_matching": 0}  # every mask lands on a grey level
     grid = result["grid2d"]
     assert grid["floor"] > 0 and all(r["ratio_to_floor"] > 0 for r in grid["rows"].values())
+
+
+# ------------------------------------------------------------------------------------------------ few_step
+def test_few_step_smoke_measures_every_method_at_every_nfe(tmp_path):
+    from benchmarks import few_step
+
+    result = run_smoke("few_step", tmp_path / "few_step.json")
+    cfg = few_step.Config.smoke()
+    meta = result["meta"]
+    assert meta["benchmark"] == "few_step" and meta["mode"] == "smoke" and meta["torch_threads"] == 1
+    assert few_step.Config.from_dict(result["config"]) == cfg
+    bad = [(where, v) for where, v in _numbers(result) if not math.isfinite(v)]
+    assert not bad, bad[:10]
+    assert set(result["datasets"]) == set(cfg.datasets)
+    for d in result["datasets"].values():
+        assert d["floor"]["mean"] > 0
+        assert set(d["methods"]) == set(few_step.METHODS)
+        for name, m in d["methods"].items():
+            want = {str(n) for n in cfg.nfes}
+            if name == "distilled":  # one student per halving: 1, 2, 4, ... up to half the teacher's steps
+                want = {str(n) for n in cfg.nfes if n < cfg.teacher_steps}
+            assert set(m["w2_over_floor"]) == want, (name, m["w2_over_floor"].keys())
+            assert all(q["mean"] > 0 and q["n"] == len(cfg.seeds) for q in m["w2_over_floor"].values())
+            assert m["train_seconds"]["mean"] > 0 and m["train_steps"] >= cfg.steps
+        # the best one-step method is named among the few-step methods, and its ratio is the stored one
+        best = d["best_one_step"]
+        assert best["method"] != "icfm_euler"
+        assert best["w2_over_floor"] == d["methods"][best["method"]]["w2_over_floor"]["1"]["mean"]
+    assert set(result["targets"]) == {"one_step_within_1.5x", "two_steps_within_1.3x"}
