@@ -83,6 +83,10 @@ def _check_tokens(x: object, name: str, high: int, what: str) -> Tensor:
 
 def _times(t: object, batch: int, device: torch.device, dtype: torch.dtype, name: str = "t") -> Tensor:
     """t (a float, a 0-d tensor or shape (batch,)) as a tensor of shape (batch,) in [0, 1]."""
+    if isinstance(t, Tensor) and (t.dtype == torch.bool or t.is_complex()):
+        raise TypeError(
+            f"{name} must be a float, a 0-d tensor or a real tensor of shape ({batch},); got dtype {t.dtype}"
+        )
     return as_time(t, torch.empty(batch, device=device, dtype=dtype), name)
 
 
@@ -332,6 +336,14 @@ def _call_logits(
             f"column); got {tuple(out.shape)}"
         )
     return out
+
+
+def _softmax(logits: Tensor, dtype: torch.dtype, name: str) -> Tensor:
+    """softmax(logits) in ``dtype``; ValueError for NaN logits or a row of -inf (no distribution)."""
+    p = torch.softmax(logits.to(dtype), dim=-1)
+    if bool(torch.isnan(p).any()):
+        raise ValueError(f"{name} returned logits with NaN (or a row of all -inf or +inf): no posterior to sample")
+    return p
 
 
 # -- the loss -------------------------------------------------------------------------------------------------
@@ -692,7 +704,8 @@ def sample_discrete(
         guidance: the guidance weight w >= 0 (needs cond and null_cond); None: no guidance.
         null_cond: the "no condition" value: a tensor like cond, or an int filled to cond's shape.
         held: bool (B, L) or (L,): True where x0's token is kept (no held position may be masked).
-        dtype: floating dtype of the probabilities and times (float32 or float64).
+        dtype: floating dtype of the probabilities and times (float32 or float64; float16 and bfloat16
+            are raised to float32, in which k / steps does not round).
         trajectory: if True return all states, shape (steps + 1, B, L).
 
     Returns:
@@ -700,8 +713,9 @@ def sample_discrete(
 
     Raises:
         TypeError: path not a MixtureDiscretePath, model not callable, x0 not an integer tensor, steps not an
-            int, guidance not a number, held not a bool tensor.
-        ValueError: states out of range, steps < 1, logits not of shape (B, L, vocab_size), guidance < 0
+            int, guidance not a number, null_cond a bool, held not a bool tensor.
+        ValueError: states out of range, steps < 1, logits not of shape (B, L, vocab_size) or with NaN
+            (or a row of all -inf), guidance < 0
             or without cond and null_cond, a held mask of the wrong shape or holding masked positions.
     """
     if not isinstance(path, MixtureDiscretePath):
@@ -712,6 +726,7 @@ def sample_discrete(
     steps = check_int(steps, "steps", low=1)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
+    dtype = torch.promote_types(dtype, torch.float32)  # k / steps must not round (0.998 -> 1.0 in bfloat16)
     batch, length = x.shape
     if cond is not None:
         cond = _check_cond(cond, batch)
@@ -723,6 +738,8 @@ def sample_discrete(
         w = check_real(guidance, "guidance", low=0.0)
         if cond is None or null_cond is None:
             raise ValueError("guidance needs cond (the condition) and null_cond (the condition meaning 'none')")
+        if isinstance(null_cond, bool):
+            raise TypeError("null_cond must be an int label or a tensor like cond; got bool")
         null = (
             torch.full_like(cond, null_cond)
             if isinstance(null_cond, int)
@@ -744,9 +761,9 @@ def sample_discrete(
             t_k = torch.full((batch,), k / steps, dtype=dtype, device=x.device)
             name = "model(x, t)" if cond is None else "model(x, t, cond)"
             fixed = keep if path.mask_index is None else keep | (x != path.mask_index)
-            p = torch.softmax(_call_logits(model, x, t_k, cond, path.vocab_size, name).to(dtype), dim=-1)
+            p = _softmax(_call_logits(model, x, t_k, cond, path.vocab_size, name), dtype, name)
             if null is not None and w != 1.0:
-                p_null = torch.softmax(_call_logits(model, x, t_k, null, path.vocab_size, name).to(dtype), dim=-1)
+                p_null = _softmax(_call_logits(model, x, t_k, null, path.vocab_size, name), dtype, name)
                 p = p_null + w * (p - p_null)
             if k == steps - 1:
                 factor = torch.ones((), dtype=dtype, device=x.device)

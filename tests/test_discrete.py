@@ -390,3 +390,47 @@ def test_losses_are_smallest_at_the_exact_posterior():
         exact = float(discrete_cfm_loss(lambda x, t: m(x, t).clamp_min(-30.0), path, x1, **args))
         worse = float(discrete_cfm_loss(noisy, path, x1, **args))
         assert exact < worse, (kind, exact, worse)
+
+
+def test_bad_times_and_null_labels_raise_before_anything_runs():
+    # A bool tensor is no time (True would silently mean t = 1), and True is no null label (it would mean label 1).
+    path = MixtureDiscretePath(CondOTScheduler(), 4, "mask")
+    x1 = DATA3[:2]
+    flags = torch.tensor([True, False])
+    with pytest.raises(TypeError, match="t must"):
+        path.sample(None, x1, flags)
+    with pytest.raises(TypeError, match="t must"):
+        discrete_cfm_loss(lambda x, t: torch.zeros(*x.shape, 4), path, x1, t=flags)
+    with pytest.raises(TypeError, match="t must"):
+        TokenMLP(3, 4, 5, hidden=8)(x1, flags)
+    with pytest.raises(TypeError, match="t must"):
+        DiscreteEmpiricalMarginal(DATA3, path).posterior(x1, flags)
+    net = TokenMLP(3, 4, 5, hidden=8, num_classes=2)
+    x0 = path.sample_source((2, 3))
+    with pytest.raises(TypeError, match="null_cond"):
+        sample_discrete(net, x0, path, 4, gen(30), cond=torch.tensor([0, 1]), guidance=2.0, null_cond=True)
+
+
+def test_sampler_rejects_nan_logits():
+    # NaN logits used to come out as token 0 everywhere, silently.
+    path = MixtureDiscretePath(CondOTScheduler(), 4, "mask")
+    x0 = path.sample_source((2, 3))
+    with pytest.raises(ValueError, match="model"):
+        sample_discrete(lambda x, t: torch.full((*x.shape, 4), math.nan), x0, path, 4, gen(31))
+
+
+def test_sampler_keeps_its_times_in_at_least_float32():
+    # In bfloat16 k / steps rounds (0.998 and 1.0 are neighbours), so the times are float32 at least, as documented.
+    path = MixtureDiscretePath(CondOTScheduler(), 4, "uniform")
+    m = DiscreteEmpiricalMarginal(DATA3, path)
+    x0 = path.sample_source((50, 3), gen(32))
+    seen = []
+
+    def model(x, t):
+        seen.append(t.dtype)
+        return m(x, t)
+
+    a = sample_discrete(model, x0, path, 300, gen(33), dtype=torch.bfloat16)
+    b = sample_discrete(m, x0, path, 300, gen(33), dtype=torch.float32)
+    assert set(seen) == {torch.float32}
+    assert torch.equal(a, b)
