@@ -434,3 +434,17 @@ def test_sampler_keeps_its_times_in_at_least_float32():
     b = sample_discrete(m, x0, path, 300, gen(33), dtype=torch.float32)
     assert set(seen) == {torch.float32}
     assert torch.equal(a, b)
+
+
+def test_path_helpers_reject_bad_input_clearly():
+    path = MixtureDiscretePath(CondOTScheduler(), 4, "uniform")
+    # a float t at kappa_t = 1 raised "'float' object is not subscriptable"
+    with pytest.raises(ValueError, match="t must be below"):
+        path.jump_rate(1.0)
+    assert math.isclose(float(path.jump_rate(0.5)), 2.0)
+    # an integer dtype truncated the uniform 1 / V to 0
+    with pytest.raises(TypeError, match="dtype"):
+        path.source_probs(torch.long)
+    # a loss that is not a str is a TypeError, as for the other string options
+    with pytest.raises(TypeError, match="loss"):
+        discrete_cfm_loss(lambda x, t: torch.zeros(*x.shape, 4), path, DATA3[:2], loss=None)

@@ -22,7 +22,7 @@ import torchcfm  # noqa: F401
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import fmlib  # noqa: E402
 from benchmarks import compare_2d, couplings, figures, harness, sampling, training_recipes  # noqa: E402

@@ -13,7 +13,7 @@ import yaml
 
 import fmlib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _normalise(req: str) -> str:

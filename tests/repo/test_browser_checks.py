@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-SPEC = importlib.util.spec_from_file_location("browser_test", Path(__file__).parents[1] / "tools" / "browser_test.py")
+SPEC = importlib.util.spec_from_file_location("browser_test", Path(__file__).parents[2] / "tools" / "browser_test.py")
 bt = importlib.util.module_from_spec(SPEC)
 sys.modules["browser_test"] = bt  # dataclasses look their module up
 SPEC.loader.exec_module(bt)

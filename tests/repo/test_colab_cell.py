@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 
