@@ -49,7 +49,8 @@ help:
 	@echo "make bench     the benchmarks the book reads, in sequence: compare_2d (fmlib beside torchcfm and"
 	@echo "               flow_matching, 15-35 min), couplings (what a minibatch OT coupling costs, 10-25 min),"
 	@echo "               training_recipes (schedules, EMA, time sampling, 1.5 h), training_scale (train's"
-	@echo "               overhead, precision, compile, processes, 10 min): 2-2.5 hours on 2 shared cores"
+	@echo "               overhead, precision, compile, processes, 10 min), discrete (beside flow_matching's"
+	@echo "               discrete solver), few_step (MeanFlow, shortcut, distillation, reflow against the floor)"
 	@echo "make gpu-test  on a CUDA machine: a CUDA smoke check, then every chapter with nbval, timed"
 	@echo "               (PYTHON_ENV=system PYTHON=python3: use that Python and its own CUDA torch, no venv)"
 	@echo "make clean     remove _build/"
@@ -85,6 +86,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/couplings.py
 	$(BIN)/python benchmarks/training_recipes.py $(RECIPES_ARGS)
 	$(BIN)/python benchmarks/training_scale.py
+	$(BIN)/python benchmarks/discrete.py
+	$(BIN)/python benchmarks/few_step.py
 
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules
