@@ -199,7 +199,13 @@ class MixtureDiscretePath(ReadOnlyParameters):
         return s.alpha_t, s.d_alpha_t
 
     def source_probs(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-        """p_0 over the states, shape (num_states,): one-hot on the mask, or uniform 1 / vocab_size."""
+        """p_0 over the states, shape (num_states,): one-hot on the mask, or uniform 1 / vocab_size.
+
+        Raises:
+            TypeError: if dtype is not a floating torch.dtype.
+        """
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype; got {dtype!r}")
         if self.source == "mask":
             p = torch.zeros(self.num_states, dtype=dtype, device=device)
             p[self.vocab_size] = 1.0
@@ -251,14 +257,15 @@ class MixtureDiscretePath(ReadOnlyParameters):
         r = torch.rand(x1.shape, generator=generator, device=x1.device, dtype=tt.dtype)
         return torch.where(r < kappa[:, None], x1, x0)
 
-    def jump_rate(self, t: Tensor) -> Tensor:
+    def jump_rate(self, t: float | Tensor) -> Tensor:
         """kappa_t' / (1 - kappa_t), shape of t; raises ValueError where kappa_t = 1 (no rate is defined there)."""
         kappa, dkappa = self.kappa(t)
         done = kappa >= 1
         if bool(done.any()):
+            bad = torch.as_tensor(t).expand_as(kappa)[done]
             raise ValueError(
                 f"t must be below the time where kappa_t reaches 1 (there every position has jumped and the rate "
-                f"kappa_t' / (1 - kappa_t) is infinite); got t = {float(t[done][0]):g}"
+                f"kappa_t' / (1 - kappa_t) is infinite); got t = {float(bad[0]):g}"
             )
         return dkappa / (1 - kappa)
 
@@ -400,13 +407,15 @@ def discrete_cfm_loss(
 
     Raises:
         TypeError: if path is not a MixtureDiscretePath, x1/x0 are not integer tensors, the model returns no
-            floating tensor, cond or weights are not tensors.
+            floating tensor, cond or weights are not tensors, loss is not a str.
         ValueError: tokens out of range, shapes that differ, t outside [0, 1], logits whose shape is not
             (B, L, vocab_size), a wrong cond or weights shape, negative weights, or an unknown loss.
     """
     if not isinstance(path, MixtureDiscretePath):
         raise TypeError(f"path must be a MixtureDiscretePath; got {type(path).__name__}")
-    if not isinstance(loss, str) or loss not in LOSSES:
+    if not isinstance(loss, str):
+        raise TypeError(f"loss must be one of {LOSSES}; got {type(loss).__name__}")
+    if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
     x1 = _check_tokens(x1, "x1", path.vocab_size, "tokens")
     batch = x1.shape[0]
