@@ -592,7 +592,7 @@ class DiscreteEmpiricalMarginal:
         s, length = self.path.num_states, x.shape[1]
         if x.shape[0] > 64 and length * math.log2(s) < 62 and bool((t == t[0]).all()):
             # one time for every row (as in the sampler): compute once per distinct sequence
-            codes = x @ (s ** torch.arange(length, device=x.device))
+            codes = (x * s ** torch.arange(length, device=x.device)).sum(1)  # no x @ w: CUDA has no int64 matmul
             distinct, first, inverse = _unique_first(codes)
             if distinct < x.shape[0] // 2:
                 return self._weights_all(x[first], t[first]), inverse

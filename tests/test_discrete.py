@@ -448,3 +448,13 @@ def test_path_helpers_reject_bad_input_clearly():
     # a loss that is not a str is a TypeError, as for the other string options
     with pytest.raises(TypeError, match="loss"):
         discrete_cfm_loss(lambda x, t: torch.zeros(*x.shape, 4), path, DATA3[:2], loss=None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_marginal_runs_on_cuda_with_many_rows():
+    # Over 64 rows at one time the marginal groups equal sequences by an integer code; CUDA has no int64 matmul.
+    path = MixtureDiscretePath(CondOTScheduler(), 4, "mask")
+    m = DiscreteEmpiricalMarginal(DATA3, path)
+    x = torch.randint(0, 5, (200, 3), generator=gen(34))
+    want = m.posterior(x, 0.5)
+    torch.testing.assert_close(m.posterior(x.cuda(), 0.5).cpu(), want)
