@@ -485,6 +485,25 @@ def _prepare(value: Tensor, x: Tensor, name: str) -> None:
     check_same_shape(value, x, name, "x")
 
 
+def _check_velocity_map(
+    out: Tensor, coefficients: tuple[Tensor, Tensor], tau: Tensor, conv: _Convention, fname: str, arg: str
+) -> None:
+    """Raise where the chain rule's result is not finite: a singular time, or inputs that are not finite."""
+    if bool(torch.isfinite(out).all()):
+        return
+    where = f"t in [{float(tau.min()):g}, {float(tau.max()):g}]"
+    slope, den = coefficients
+    if not (bool(torch.isfinite(slope).all()) and bool(torch.isfinite(den).all()) and bool((den != 0).all())):
+        raise ValueError(
+            f"{fname}: the velocity of convention {conv.name!r} is singular at {where} "
+            "(d sigma / dt is infinite at its data end)"
+        )
+    raise ValueError(
+        f"{fname}: the result is not finite at {where} of convention {conv.name!r}: "
+        f"{arg} or x is not finite (or too large)"
+    )
+
+
 def to_book_velocity(
     pred: Tensor, x: Tensor, t: float | Tensor, convention: str, prediction: str | None = None
 ) -> Tensor:
@@ -510,7 +529,7 @@ def to_book_velocity(
     Raises:
         ValueError: for an unknown convention or prediction, a velocity of a discrete-time convention, shapes
             that differ, t out of range, or where the map is undefined (an epsilon or a score at the noise end,
-            a data prediction at sigma = 0).
+            a data prediction at sigma = 0), or a result that is not finite (pred or x not finite).
         TypeError: if pred or x is not a floating tensor, or convention or prediction is not a str.
 
     Example:
@@ -535,11 +554,9 @@ def to_book_velocity(
         d_alpha, d_sigma = (unsqueeze_like(c, x) for c in conv.derivatives(tau))
         # x = k y: dx/dtau = k' y + k (dy/dt) (dt/dtau), dt/dtau = (alpha' sigma - alpha sigma') / k^2
         out = k * (p - (d_alpha + d_sigma) * y) / (d_alpha * sigma - alpha * d_sigma)
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError(
-                f"to_book_velocity: the velocity of convention {conv.name!r} is singular at t in "
-                f"[{float(tau.min()):g}, {float(tau.max()):g}] (d sigma / dt is infinite at its data end)"
-            )
+        _check_velocity_map(
+            out, (d_alpha + d_sigma, d_alpha * sigma - alpha * d_sigma), tau, conv, "to_book_velocity", "pred"
+        )
         return out.to(x.dtype)
     if kind == "v_prediction":
         kind, p = "data", (alpha * xc - sigma * p) / (alpha**2 + sigma**2)
@@ -595,11 +612,9 @@ def from_book_velocity(
         d_alpha, d_sigma = (unsqueeze_like(c, x) for c in conv.derivatives(tau))
         vc, y = v.to(dtype), x.to(dtype)
         out = (d_alpha + d_sigma) * y + (d_alpha * sigma - alpha * d_sigma) * vc / k
-        if not bool(torch.isfinite(out).all()):
-            raise ValueError(
-                f"from_book_velocity: the velocity of convention {conv.name!r} is singular at t in "
-                f"[{float(tau.min()):g}, {float(tau.max()):g}] (d sigma / dt is infinite at its data end)"
-            )
+        _check_velocity_map(
+            out, (d_alpha + d_sigma, d_alpha * sigma - alpha * d_sigma), tau, conv, "from_book_velocity", "v"
+        )
         return out.to(x.dtype)
     if kind == "epsilon":
         return _BOOK_PATH.velocity_to_epsilon(v, x, t_book)

@@ -391,3 +391,14 @@ def test_flow_velocities_come_back_in_xs_dtype(name):
     assert to_book_velocity(v, x, 0.3, name).dtype == F64
     assert from_book_velocity(v, x, 0.3, name).dtype == F64
     assert to_book_velocity(v.double(), x.float(), 0.3, name).dtype == torch.float32
+
+
+@pytest.mark.parametrize("convert", [to_book_velocity, from_book_velocity])
+def test_a_non_finite_input_is_not_called_a_singular_time(convert):
+    # At t = 0.5 EDM's velocity map is regular: a NaN input must be named as such, not blamed on the time.
+    x = torch.randn(2, 2, generator=fmlib.seeded_generator(11))
+    with pytest.raises(ValueError) as info:
+        convert(torch.full((2, 2), math.nan), x, 0.5, "edm", "velocity")
+    assert "singular" not in str(info.value) and "finite" in str(info.value), str(info.value)
+    with pytest.raises(ValueError, match="singular"):
+        convert(torch.zeros(2, 2), x, 0.0 if convert is to_book_velocity else 1.0, "score_sde_vp", "velocity")
