@@ -571,7 +571,8 @@ class DiscreteEmpiricalMarginal:
         Args:
             x: states, int64 (B, L) in 0..num_states - 1.
             t: times in [0, 1] (float, 0-d or shape (B,)).
-            dtype: floating dtype of the result (default float32, or t's if t is a float64 tensor).
+            dtype: floating dtype of the result (default float32, or t's if t is a float64 tensor;
+                float16 and bfloat16 give float32).
         """
         x, t = self._inputs(x, t, dtype)
         out = []
@@ -620,7 +621,8 @@ class DiscreteEmpiricalMarginal:
         Args:
             x: states, int64 (B, L) in 0..num_states - 1.
             t: times in [0, 1] (float, 0-d or shape (B,)).
-            dtype: floating dtype of the result (default float32, or t's if t is a float64 tensor).
+            dtype: floating dtype of the result (default float32, or t's if t is a float64 tensor;
+                float16 and bfloat16 give float32).
         """
         x, t = self._inputs(x, t, dtype)
         return self._posterior(x, t)
