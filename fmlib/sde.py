@@ -57,14 +57,14 @@ def euler_maruyama(
 
     With the equal steps of :func:`~fmlib.time_grid` (h = (t1 - t0) / steps), each step is
 
-        X_{k+1} = X_k + h f(X_k, t_k) + g(t_k) sqrt(|h|) Z_k,   Z_k ~ N(0, I) drawn from ``generator``,
+        X_{k+1} = X_k + h f(X_k, t_k) + g(t_k) sqrt(abs(h)) Z_k,   Z_k ~ N(0, I) drawn from ``generator``,
 
     (Kloeden & Platen 1992, Chapters 10 and 14; Sarkka & Solin 2019, Chapter 8). The noise is additive:
     g depends on t only, the same for every coordinate. The method has weak order 1 (errors of
     expectations E[phi(X_T)] shrink like h) and strong order 1/2 in general; with additive noise it
     coincides with the Milstein method and its strong order is 1. With g = 0 it is Euler's method and
     the result equals ``integrate(drift, x, t0, t1, steps, method="euler")`` exactly. t1 < t0 runs the
-    grid backwards (h < 0); the noise then still has variance g^2 |h| per step.
+    grid backwards (h < 0); the noise then still has variance g^2 abs(h) per step.
 
     Args:
         drift: f, a callable ``f(x, t)``: x of shape ``(B, *D)``, t of shape (B,), result of x's shape.
