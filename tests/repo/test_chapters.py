@@ -90,3 +90,11 @@ def test_the_idiom_patterns_can_fail():
     assert not OTHER_IDIOMS.search(IDIOM)
     assert FORBIDDEN.search("checked (asserted)") and FORBIDDEN.search("run on 2026-12-07")
     assert not FORBIDDEN.search("Lipman et al. (2023)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_no_control_characters(path):
+    # a "\a" written into a notebook from a Python string becomes BEL: "\approx" then breaks MathJax
+    bad = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+    text = "".join(cells(path, "markdown") + cells(path, "code"))
+    assert not bad.search(text), f"{path.name}: control character {bad.search(text).group(0)!r}"
