@@ -122,7 +122,7 @@ def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -
     bfloat16 states (t = 0.999 would round to 1.0 in bfloat16).
 
     Raises:
-        TypeError: if ``t`` is neither a real number nor a tensor.
+        TypeError: if ``t`` is neither a real number nor a tensor, or is a boolean or complex tensor.
         ValueError: if ``t`` has another shape, is not finite, or leaves [0, 1] with ``unit_interval``.
     """
     batch = x.shape[0]
@@ -130,6 +130,8 @@ def as_time(t: object, x: Tensor, name: str = "t", unit_interval: bool = True) -
     if isinstance(t, bool) or not isinstance(t, (Real, Tensor)):
         raise TypeError(f"{name} must be a float, a 0-d tensor or a tensor of shape ({batch},); got {type(t).__name__}")
     if isinstance(t, Tensor):
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"{name} must hold real times; got a tensor of dtype {t.dtype}")
         if t.dim() == 0:
             t = t.to(dtype=dtype, device=x.device).expand(batch)
         elif t.dim() == 1 and t.shape[0] == batch:

@@ -150,3 +150,14 @@ def test_schrodinger_bridge_sample_reports_an_overflow(dtype, sigma):
     # a sigma the dtype holds samples finitely
     s = fmlib.SchrodingerBridgePath(1.0).sample(x0, x1, 0.5, generator=torch.Generator().manual_seed(0))
     assert s.x_t.dtype == dtype and torch.isfinite(s.x_t).all() and torch.isfinite(s.u_t).all()
+
+
+@pytest.mark.parametrize("t", [torch.tensor(True), torch.ones(3, dtype=torch.bool), torch.full((3,), 0.5j)])
+def test_boolean_or_complex_times_are_refused(t):
+    x = torch.zeros(3, 2)
+    with pytest.raises(TypeError, match="t must hold real times"):
+        fmlib.euler_step(lambda x, t: 0 * x, x, t, 0.1)
+    with pytest.raises(TypeError, match="t must hold real times"):
+        fmlib.cfm_loss(lambda x, t: 0 * x, fmlib.LinearPath(), x, t=t)
+    with pytest.raises(TypeError, match="t must hold real times"):
+        fmlib.MLP(2, hidden=8)(x, t)
