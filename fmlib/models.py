@@ -1,4 +1,4 @@
-"""A small time-conditioned network for velocity fields on R^D."""
+"""Time-conditioned networks for velocity fields: an MLP on R^D and a class-conditional U-Net for images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ._checks import as_time, check_batch, check_int, check_labels
 from .data import NUM_CLASSES
 
-__all__ = ["MLP", "DigitUNet"]
+__all__ = ["MLP", "UNet", "DigitUNet"]
 
 
 class MLP(nn.Module):
@@ -119,29 +119,288 @@ class _ResBlock(nn.Module):
         return self.skip(h) + out
 
 
-class DigitUNet(nn.Module):
-    """A small class-conditional U-Net ``model(x, t, y)`` for 8x8 greyscale images.
+def _time_freqs(half: int) -> Tensor:
+    """Frequencies 1 .. 100 (radians per unit time), geometrically spaced: t in [0, 1] is resolved finely."""
+    return torch.exp(torch.linspace(0.0, math.log(100.0), half))
 
-    Two resolutions are enough for 8x8 images, and the network is kept small enough to train on a CPU
-    in about a minute::
+
+def _sinusoidal(t: Tensor, freqs: Tensor, dtype: torch.dtype) -> Tensor:
+    """(sin(f_k t), cos(f_k t)) of times t (B,) (float32 at least), shape (B, 2 len(freqs)), cast to ``dtype``.
+
+    The angles are computed in t's dtype (float32 for a half-precision network, see
+    :func:`~fmlib._checks.as_time`) and only the features are cast to the weights' dtype.
+    """
+    angles = t[:, None] * freqs.to(t.dtype)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(dtype)
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention on tokens (B, N, dim): qkv projection, softmax(Q K^T / sqrt(d)) V, output projection.
+
+    The attention itself is ``torch.nn.functional.scaled_dot_product_attention`` (one fused call, flash or
+    memory-efficient kernels where the device has them); d = dim / heads is the size of a head.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, n, dim = h.shape
+        qkv = self.qkv(h).reshape(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, d)
+        return self.proj(out.transpose(1, 2).reshape(b, n, dim))
+
+
+class _AttentionBlock(nn.Module):
+    """h + Attention(GroupNorm(h)) over the H x W positions of a feature map (single head); identity at init."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(min(groups, channels), channels)
+        self.attn = _Attention(channels, heads=1)
+        nn.init.zeros_(self.attn.proj.weight)  # the block starts as the identity map
+        nn.init.zeros_(self.attn.proj.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, c, height, width = h.shape
+        tokens = self.norm(h).flatten(2).transpose(1, 2)  # (B, H W, C)
+        return h + self.attn(tokens).transpose(1, 2).reshape(b, c, height, width)
+
+
+def _default_levels(image_size: int) -> int:
+    """The number of resolutions of :class:`UNet` for square images of side ``image_size``.
+
+    The side is halved while it is even, the half is at least 4 and there are fewer than 4 resolutions:
+    28 -> 14 -> 7 (3 resolutions), 8 -> 4 (2), 32 -> 16 -> 8 -> 4 (4), 7 (1: no downsampling).
+    """
+    levels, side = 1, image_size
+    while side % 2 == 0 and side // 2 >= 4 and levels < 4:
+        side //= 2
+        levels += 1
+    return levels
+
+
+class UNet(nn.Module):
+    """A class-conditional U-Net ``model(x, t, y)`` for square images (Ronneberger et al. 2015; Ho et al. 2020).
+
+    One residual block per resolution on the way down, one at the lowest resolution (followed by an
+    optional self-attention block), one per resolution on the way up; a strided 3x3 convolution halves
+    the side, a 2x2 transposed convolution doubles it, and the features of the way down are added (skip
+    connections) before the block of the way up::
+
+        x -> conv -> ResBlock (c_0, S) ----------------------------------------- skip ---+
+                       -> strided conv -> ResBlock (c_1, S/2) ------------ skip ---+      |
+                            ...  -> strided conv -> ResBlock (c_L-1, lowest)       |      |
+                                      [-> self-attention]                          |      |
+                       ... <- ResBlock (c_1, S/2) <- add <- transposed conv <------+      |
+                 ResBlock (c_0, S) <- add <- transposed conv <----------------------------+
+                 -> GroupNorm, SiLU, conv -> v (in_channels, S, S)
+
+    Resolutions: without ``channel_mults`` their number follows one rule (the side is halved
+    while it is even and the half at least 4, at most 4 resolutions): two downsamplings at 28x28
+    (28 -> 14 -> 7), one at 8x8 (8 -> 4), none at 7x7; the widths are ``channels * (1, 2, 2, 2)[:levels]``.
+    ``channel_mults=(m_0, ..., m_L-1)`` sets both (L resolutions, widths ``channels * m_i``); the side
+    must then be divisible by 2^(L-1).
+
+    A residual block is GroupNorm, SiLU, 3x3 conv, twice, plus its input; the conditioning vector is added,
+    per channel, after the first convolution. The attention block (single head, over the positions of the
+    lowest resolution, ``torch.nn.functional.scaled_dot_product_attention``) starts as the identity (its
+    output projection is zero). The time t goes through sinusoidal features (frequencies 1..100) and a
+    two-layer MLP; the label y through an embedding table with ``num_classes + 1`` rows (the last one is the
+    null label, "no class", for classifier-free guidance); their sum is the conditioning vector. The output
+    layer starts at zero, so the untrained field is 0.
+
+    Two times: with ``two_times=True`` the network is ``model(x, t, s, y)`` with a second time s that has
+    sinusoidal features and an MLP of its own, added to the conditioning vector. This is the flow-map
+    network ``model(x, r, t, y)`` of MeanFlow (:func:`~fmlib.meanflow_loss`, with r in the place of t and t
+    in the place of s) or a shortcut model ``model(x, t, d, y)`` with step size d.
+
+    Precision: the network runs in its weights' dtype (bfloat16 or float16 after ``.to(...)``, with x in
+    that dtype); the time features come from float32 times, cast to that dtype.
+
+    Label dropout (training with the null label) is not done here but in :func:`~fmlib.train` (``p_uncond=``).
+
+    Args:
+        image_size: side of the square images, >= 1.
+        in_channels: image channels (1 for greyscale, the latent channels for latents), >= 1.
+        num_classes: number of classes, >= 1; the null label is ``num_classes``.
+        channels: width of the first resolution, a multiple of 8 (GroupNorm uses 8 groups).
+        channel_mults: the width of each resolution as a multiple of ``channels`` (a tuple of ints >= 1,
+            one per resolution); None for the default above.
+        emb_dim: size of the time and label embeddings, >= 2.
+        attention: whether a self-attention block follows the block of the lowest resolution.
+        two_times: ``model(x, t, s, y)`` with a second time s (see above).
+
+    Raises:
+        TypeError: for non-int sizes or widths, a channel_mults that is not a tuple or list of ints, or
+            attention / two_times not a bool.
+        ValueError: for sizes below their minimum, channels not a multiple of 8, or an
+            image_size not divisible by 2^(len(channel_mults) - 1); in ``forward``, an x of another shape
+            than (B, in_channels, image_size, image_size) (naming x and the expected shape), labels outside
+            0..num_classes (naming y), or a second time missing (two_times=True) or given (two_times=False).
+
+    Example:
+        >>> import torch
+        >>> model = UNet()  # 28x28 greyscale, 10 classes
+        >>> model(torch.zeros(2, 1, 28, 28), 0.5, torch.tensor([3, 10])).shape
+        torch.Size([2, 1, 28, 28])
+        >>> model.widths, model.sides  # channels and side of each resolution
+        ((32, 64, 64), (28, 14, 7))
+        >>> UNet(image_size=8, attention=False, two_times=True)(torch.zeros(2, 1, 8, 8), 0.2, 0.7, 3).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    freqs: Tensor  # a registered buffer: the frequencies of the sinusoidal time features
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        in_channels: int = 1,
+        num_classes: int = NUM_CLASSES,
+        channels: int = 32,
+        channel_mults: tuple[int, ...] | list[int] | None = None,
+        emb_dim: int = 128,
+        attention: bool = True,
+        two_times: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (
+            ("image_size", image_size, 1),
+            ("in_channels", in_channels, 1),
+            ("num_classes", num_classes, 1),
+            ("channels", channels, 8),
+            ("emb_dim", emb_dim, 2),
+        ):
+            check_int(value, name, low)
+        for name, flag in (("attention", attention), ("two_times", two_times)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool; got {type(flag).__name__}")
+        if channels % 8:
+            raise ValueError(f"channels must be a multiple of 8 (GroupNorm with 8 groups); got {channels}")
+        if channel_mults is None:
+            mults = (1, 2, 2, 2)[: _default_levels(image_size)]
+        else:
+            if not isinstance(channel_mults, (tuple, list)) or not channel_mults:
+                raise TypeError(
+                    f"channel_mults must be a non-empty tuple of ints >= 1, one per resolution; got {channel_mults!r}"
+                )
+            mults = tuple(check_int(m, "channel_mults[i]", 1) for m in channel_mults)
+            if image_size % 2 ** (len(mults) - 1):
+                raise ValueError(
+                    f"channel_mults={tuple(mults)} asks for {len(mults) - 1} downsamplings, so image_size must be "
+                    f"divisible by {2 ** (len(mults) - 1)}; got image_size={image_size}"
+                )
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.null_label = num_classes
+        self.two_times = two_times
+        self.channel_mults = mults
+        widths = [channels * m for m in mults]
+        self.widths = tuple(widths)
+        self.sides = tuple(image_size // 2**i for i in range(len(mults)))
+        g = 8
+        half = emb_dim // 2
+        self.register_buffer("freqs", _time_freqs(half))
+        self.time_mlp = nn.Sequential(nn.Linear(2 * half, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim)
+        self.inp = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.encs = nn.ModuleList()
+        self.downs = nn.ModuleList()
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            self.encs.append(_ResBlock(c_in, c_in, emb_dim, g))
+            self.downs.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+        self.mid = _ResBlock(widths[-1], widths[-1], emb_dim, g)
+        self.attn = _AttentionBlock(widths[-1], g) if attention else None
+        self.ups = nn.ModuleList()
+        self.decs = nn.ModuleList()
+        for c_in, c_out in reversed(list(zip(widths[:-1], widths[1:]))):
+            self.ups.append(nn.ConvTranspose2d(c_out, c_in, 2, stride=2))
+            self.decs.append(_ResBlock(c_in, c_in, emb_dim, g))
+        self.out_norm = nn.GroupNorm(min(g, widths[0]), widths[0])
+        self.out = nn.Conv2d(widths[0], in_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        if self.out.bias is not None:
+            nn.init.zeros_(self.out.bias)
+        # the second time last, so that two_times=False builds the same layers from the same random stream
+        self.time2_mlp = (
+            nn.Sequential(nn.Linear(2 * half, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) if two_times else None
+        )
+
+    def embed(self, t: Tensor, y: Tensor, s: Tensor | None = None) -> Tensor:
+        """The conditioning vector MLP(features of t) + embedding of y (+ MLP'(features of s)), shape (B, emb_dim)."""
+        dtype = self.label_emb.weight.dtype
+        emb = self.time_mlp(_sinusoidal(t, self.freqs, dtype)) + self.label_emb(y)
+        if s is not None and self.time2_mlp is not None:
+            emb = emb + self.time2_mlp(_sinusoidal(s, self.freqs, dtype))
+        return emb
+
+    def _check_x(self, x: object) -> Tensor:
+        """Return x if it is a floating tensor of shape (B, in_channels, image_size, image_size)."""
+        check_batch(x, "x")
+        assert isinstance(x, Tensor)
+        want = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"x must have shape (B, {', '.join(map(str, want))}) for this {type(self).__name__}; "
+                f"got {tuple(x.shape)}"
+            )
+        return x
+
+    def forward(self, x: Tensor, t: float | Tensor, *args: int | float | Tensor) -> Tensor:
+        """The velocity v(x, t | y) (``model(x, t, y)``), or ``model(x, t, s, y)`` with ``two_times=True``.
+
+        Args:
+            x: images, shape (B, in_channels, image_size, image_size), floating dtype.
+            t: times (float, 0-d tensor or shape (B,)).
+            s: (two_times=True only) the second time, like t.
+            y: labels, an int or an integer tensor of shape (B,), in 0..num_classes (num_classes = null).
+
+        Returns:
+            A tensor of x's shape and dtype.
+        """
+        self._check_x(x)
+        want = 2 if self.two_times else 1
+        if len(args) != want:
+            call = "model(x, t, s, y)" if self.two_times else "model(x, t, y)"
+            other = "" if self.two_times else "; build it with two_times=True for model(x, t, s, y)"
+            raise ValueError(f"this {type(self).__name__} is called as {call}; got {2 + len(args)} arguments{other}")
+        t = as_time(t, x, unit_interval=False)
+        s = as_time(args[0], x, name="s", unit_interval=False) if self.two_times else None
+        y = check_labels(args[-1], x.shape[0], self.num_classes).to(x.device)
+        emb = self.embed(t, y, s)
+        h = self.inp(x)
+        skips = []
+        for enc, down in zip(self.encs, self.downs):
+            h = enc(h, emb)
+            skips.append(h)
+            h = down(h)
+        h = self.mid(h, emb)
+        if self.attn is not None:
+            h = self.attn(h)
+        for up, dec in zip(self.ups, self.decs):
+            h = dec(up(h) + skips.pop(), emb)
+        return self.out(nn.functional.silu(self.out_norm(h)))
+
+
+class DigitUNet(UNet):
+    """The small class-conditional U-Net ``model(x, t, y)`` of chapter 7, for 8x8 greyscale images.
+
+    A configuration of :class:`UNet`: two resolutions (``channel_mults=(1, 2)``: width c at 8x8, 2c at 4x4),
+    no attention, emb_dim 64; small enough to train on a CPU in about a minute::
 
         x (1, 8, 8) -> conv -> ResBlock (c, 8x8) ------------------------ skip ----+
                                   -> strided conv -> ResBlock (2c, 4x4)             |
                                   -> transposed conv (c, 8x8) -> add <--------------+
                                   -> ResBlock (c, 8x8) -> GroupNorm, SiLU, conv -> v (1, 8, 8)
 
-    A residual block is GroupNorm, SiLU, 3x3 conv, twice, plus its input; the conditioning vector is
-    added, per channel, after the first convolution. At 4x4 two 3x3 convolutions see the whole image.
-    The skip connection adds the 8x8 features instead of concatenating them (half the cost of the last
-    block, the same information path). The time t goes through sinusoidal features and a two-layer MLP;
-    the label y through an embedding table with ``num_classes + 1`` rows (the last one is the null label,
-    "no class"); their sum is the conditioning vector. The output layer starts at zero, so the untrained
-    field is 0.
-
-    Precision: as :class:`MLP`, the network runs in its weights' dtype (bfloat16 or float16 after
-    ``.to(...)``, with x in that dtype); the time features come from float32 times, cast to that dtype.
-
-    Label dropout (training with the null label) is not done here but in :func:`~fmlib.train` (``p_uncond=``).
+    At 4x4 two 3x3 convolutions see the whole image. The skip connection adds the 8x8 features instead of
+    concatenating them (half the cost of the last block, the same information path). See :class:`UNet` for
+    the blocks, the conditioning (the null label ``num_classes``), the zero output at initialisation and
+    half precision.
 
     Args:
         num_classes: number of classes; the null label is ``num_classes``.
@@ -161,8 +420,6 @@ class DigitUNet(nn.Module):
         torch.Size([3, 1, 8, 8])
     """
 
-    freqs: Tensor  # a registered buffer: the frequencies of the sinusoidal time features
-
     def __init__(
         self,
         num_classes: int = NUM_CLASSES,
@@ -171,64 +428,15 @@ class DigitUNet(nn.Module):
         image_size: int = 8,
         in_channels: int = 1,
     ) -> None:
-        super().__init__()
-        for name, value, low in (
-            ("num_classes", num_classes, 1),
-            ("channels", channels, 8),
-            ("emb_dim", emb_dim, 2),
-            ("image_size", image_size, 2),
-            ("in_channels", in_channels, 1),
-        ):
-            check_int(value, name, low)
-        if channels % 8:
-            raise ValueError(f"channels must be a multiple of 8 (GroupNorm with 8 groups); got {channels}")
+        check_int(image_size, "image_size", 2)
         if image_size % 2:
             raise ValueError(f"image_size must be even (one 2x downsampling); got {image_size}")
-        self.num_classes = num_classes
-        self.null_label = num_classes
-        self.image_size = image_size
-        self.in_channels = in_channels
-        c, c2, g = channels, 2 * channels, 8
-        half = emb_dim // 2
-        # frequencies 1 .. 100 (radians per unit time), geometrically spaced: t in [0, 1] is resolved finely
-        self.register_buffer("freqs", torch.exp(torch.linspace(0.0, math.log(100.0), half)))
-        self.time_mlp = nn.Sequential(nn.Linear(2 * half, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.label_emb = nn.Embedding(num_classes + 1, emb_dim)
-        self.inp = nn.Conv2d(in_channels, c, 3, padding=1)
-        self.enc = _ResBlock(c, c, emb_dim, g)
-        self.down = nn.Conv2d(c, c2, 3, stride=2, padding=1)
-        self.mid = _ResBlock(c2, c2, emb_dim, g)
-        self.up = nn.ConvTranspose2d(c2, c, 2, stride=2)
-        self.dec = _ResBlock(c, c, emb_dim, g)
-        self.out_norm = nn.GroupNorm(g, c)
-        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        if self.out.bias is not None:
-            nn.init.zeros_(self.out.bias)
-
-    def embed(self, t: Tensor, y: Tensor) -> Tensor:
-        """The conditioning vector: MLP(sinusoidal features of t) + embedding of y, shape (B, emb_dim)."""
-        angles = t[:, None] * self.freqs.to(t.dtype)
-        # the time features in the weights' dtype, so a bfloat16/float16 network takes them
-        feats = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(next(self.time_mlp.parameters()).dtype)
-        return self.time_mlp(feats) + self.label_emb(y)
-
-    def forward(self, x: Tensor, t: float | Tensor, y: int | Tensor) -> Tensor:
-        """The velocity v(x, t | y), shape of x.
-
-        Args:
-            x: images, shape (B, in_channels, image_size, image_size), floating dtype.
-            t: times (float, 0-d tensor or shape (B,)).
-            y: labels, an int or an integer tensor of shape (B,), in 0..num_classes (num_classes = null).
-        """
-        check_batch(x, "x")
-        want = (self.in_channels, self.image_size, self.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, want))}); got {tuple(x.shape)}")
-        t = as_time(t, x, unit_interval=False)
-        y = check_labels(y, x.shape[0], self.num_classes).to(x.device)
-        emb = self.embed(t, y)
-        skip = self.enc(self.inp(x), emb)
-        h = self.mid(self.down(skip), emb)
-        h = self.dec(self.up(h) + skip, emb)
-        return self.out(nn.functional.silu(self.out_norm(h)))
+        super().__init__(
+            image_size=image_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            channels=channels,
+            channel_mults=(1, 2),
+            emb_dim=emb_dim,
+            attention=False,
+        )
