@@ -10,10 +10,12 @@ Every public name is written once, in its module's ``__all__``, and the package 
 """
 
 from . import (
+    autoencoder,
     conventions,
     couplings,
     data,
     discrete,
+    dit,
     ema,
     few_step,
     guidance,
@@ -28,10 +30,12 @@ from . import (
     solvers,
     training,
 )
+from .autoencoder import *  # noqa: F403
 from .conventions import *  # noqa: F403
 from .couplings import *  # noqa: F403
 from .data import *  # noqa: F403
 from .discrete import *  # noqa: F403
+from .dit import *  # noqa: F403
 from .ema import *  # noqa: F403
 from .few_step import *  # noqa: F403
 from .guidance import *  # noqa: F403
@@ -60,6 +64,8 @@ __all__ += marginal.__all__
 __all__ += couplings.__all__
 __all__ += metrics.__all__
 __all__ += models.__all__
+__all__ += dit.__all__
+__all__ += autoencoder.__all__
 __all__ += training.__all__
 __all__ += ema.__all__
 __all__ += guidance.__all__
