@@ -40,7 +40,7 @@ else
 $(error PYTHON_ENV must be venv or system, got "$(PYTHON_ENV)")
 endif
 
-.PHONY: book test lint bench gpu-test clean help mathjax browser-test
+.PHONY: book test lint bench gpu-test clean help mathjax browser-test book-student browser-test-student
 
 help:
 	@echo "make book      build the HTML book into _build/html, executing every chapter (npm optional)"
@@ -55,6 +55,9 @@ help:
 	@echo "               (PYTHON_ENV=system PYTHON=python3: use that Python and its own CUDA torch, no venv)"
 	@echo "make clean     remove _build/"
 	@echo "make browser-test  open every page of _build/html in headless Chromium (run make book first)"
+	@echo "make book-student  the student edition (no solutions) into _build/student/html, from the notebooks"
+	@echo "               make book executed (runs make book first if _build/html is missing)"
+	@echo "make browser-test-student  search the student edition's HTML for solution text"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -149,3 +152,21 @@ browser-test: $(STAMP)
 	$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[browser]"
 	$(BIN)/python tools/browser_test.py $(BOOK_HTML) --chromium "$(CHROMIUM)" --screenshots _build/screenshots \
 	  --json _build/browser-report.json
+
+# The student edition: the book without the solutions of its exercises (sphinx-exercise's hide_solutions, and the
+# gated solution cells removed) and without the labs' solutions, for an instructor to publish. It executes nothing:
+# tools/student_edition.py takes the notebooks that `make book` executed (_build/jupyter_execute/), writes a source
+# tree with a generated _config.yml / _toc.yml under _build/student/src/ and builds it into _build/student/html.
+# It uses the same base configuration as `make book` (the CDN one without npm).
+STUDENT_BASE_CONFIG := $(if $(BOOK_FLAGS),$(CDN_CONFIG),_config.yml)
+_build/html/index.html:
+	$(MAKE) book
+
+book-student: $(STAMP) _build/html/index.html $(if $(BOOK_FLAGS),$(CDN_CONFIG))
+	$(BIN)/python tools/student_edition.py --config $(STUDENT_BASE_CONFIG) --out _build/student
+
+# No solution text in the student edition (tools/student_check.py: the solution class, "Solution to Exercise", links
+# to labs/solutions/, and distinctive lines of every gated solution of the chapters); no browser needed.
+browser-test-student: $(STAMP)
+	test -f _build/student/html/index.html || { echo "no _build/student/html/index.html: run make book-student first"; exit 1; }
+	$(BIN)/python tools/student_check.py _build/student/html
