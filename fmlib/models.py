@@ -138,7 +138,9 @@ class _Attention(nn.Module):
     """Multi-head self-attention on tokens (B, N, dim): qkv projection, softmax(Q K^T / sqrt(d)) V, output projection.
 
     The attention itself is ``torch.nn.functional.scaled_dot_product_attention`` (one fused call, flash or
-    memory-efficient kernels where the device has them); d = dim / heads is the size of a head.
+    memory-efficient kernels where the device has them); d = dim / heads is the size of a head. Under
+    forward-mode AD (``torch.func.jvp``, used by :func:`~fmlib.meanflow_loss`), which the fused kernels lack,
+    it falls back to the composite kernel.
     """
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -150,7 +152,15 @@ class _Attention(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         b, n, dim = h.shape
         qkv = self.qkv(h).reshape(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, d)
+        try:
+            out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, d)
+        except NotImplementedError:
+            # forward-mode AD (torch.func.jvp, as in meanflow_loss) through a fused kernel that lacks it: the
+            # same attention by the composite "math" kernel, which differentiates in both modes
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.MATH):
+                out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         return self.proj(out.transpose(1, 2).reshape(b, n, dim))
 
 

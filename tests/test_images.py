@@ -223,6 +223,30 @@ def test_two_times_networks(make):
         assert torch.equal(p, q), name
 
 
+@pytest.mark.parametrize("make", [lambda: tiny_unet(image_size=8, two_times=True), lambda: tiny_dit(two_times=True)])
+def test_forward_mode_derivative_through_attention_for_meanflow(make):
+    # meanflow_loss differentiates model(x, r, t) along (v, 0, 1) with torch.func.jvp; the fused attention
+    # kernels have no forward-mode derivative, so the networks fall back to the composite kernel
+    model = randomise_zero_layers(make()).double()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    dx = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    r, t = torch.full((2,), 0.2, dtype=torch.float64), torch.full((2,), 0.6, dtype=torch.float64)
+
+    def f(x, r, t):
+        return model(x, r, t, 3)
+
+    _, tangent = torch.func.jvp(
+        f, (x, r, t), (dx, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    )
+    h = 1e-6
+    with torch.no_grad():
+        central = (f(x + h * dx, r, t + h) - f(x - h * dx, r, t - h)) / (2 * h)
+    torch.testing.assert_close(tangent, central, rtol=1e-6, atol=1e-6)
+    loss = fmlib.meanflow_loss(f, fmlib.LinearPath(), x, generator=torch.Generator().manual_seed(9))
+    loss.backward()
+    assert math.isfinite(float(loss.detach()))
+
+
 # -- DiT -----------------------------------------------------------------------------------------------
 
 
