@@ -152,12 +152,17 @@ def test_chapter_template_follows_the_book_pattern():
     assert any("{cite}`" in t for t in text)
     checks = [c for c in nb.cells if c.metadata.get("tags") == ["hide-input", "remove-output"]]
     assert checks and all("assert" in c.source and "print(" not in c.source for c in checks)
-    # the exercise pattern: a statement, then one hide-cell code cell that starts with "# Solution."
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "markdown" and "**Exercise" in cell.source:
-            solution = nb.cells[i + 1]
-            assert solution.cell_type == "code" and solution.metadata.tags == ["hide-cell"]
-            assert solution.source.startswith("# Solution.") and "assert" in solution.source
+    # the exercise pattern: an {exercise} with a label and a difficulty mark, then a gated dropdown solution
+    # (solution-start, the answer in Markdown, code with asserts, solution-end)
+    exercises = [i for i, c in enumerate(nb.cells) if c.source.startswith("````{exercise}")]
+    assert exercises
+    for i in exercises:
+        label = nb.cells[i].source.split(":label:")[1].split()[0]
+        assert "★" in nb.cells[i].source.splitlines()[0]
+        start, code, end = nb.cells[i + 1 : i + 4]
+        assert start.source.startswith(f"```{{solution-start}} {label}\n:class: dropdown")
+        assert code.cell_type == "code" and "assert" in code.source and not code.metadata.get("tags")
+        assert end.source.strip() == "```{solution-end}\n```"
     for cell in nb.cells[1:]:
         if cell.cell_type == "code":
             assert max(len(line) for line in cell.source.splitlines()) <= 80
