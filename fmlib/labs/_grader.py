@@ -390,7 +390,7 @@ def _report(lab: str, extra_checks: Sequence[str] = (), ns: dict | None = None) 
 def _kernel_manager() -> Any:
     """A kernel manager for a kernel running this very Python (so the kernel imports this fmlib)."""
     from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
 
     class _ThisPython(KernelSpecManager):
         def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
@@ -408,25 +408,32 @@ def _kernel_manager() -> Any:
                 resource_dir=str(Path(__file__).parent),
             )
 
-    return KernelManager(kernel_name="python3", kernel_spec_manager=_ThisPython())
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=_ThisPython())
 
 
 def _failed_all(lab: str, reason: str) -> list[TaskResult]:
     return [TaskResult(t.lab, t.name, t.points, 0, False, reason) for t in tasks(lab)]
 
 
-def _cell_notes(cells: Iterable[Any]) -> list[str]:
+def _cell_notes(cells: Iterable[Any], timeout: int | None = None) -> list[str]:
+    """One line per code cell that raised: its index, its first line, and the exception (or the timeout)."""
     notes = []
     for i, cell in enumerate(cells):
         for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
             if out.get("output_type") == "error":
-                what = f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".strip().rstrip(":")
-                if out.get("ename") == "KeyboardInterrupt":
-                    what = "it ran past the timeout and was interrupted"
                 first = "".join(cell.get("source", "")).strip().splitlines()
-                label = f" ({first[0][:60]})" if first else ""
-                notes.append(f"cell {i}{label} raised {what}")
+                label = f"cell {i}" + (f" ({first[0][:60]})" if first else "")
+                if out.get("ename") == "KeyboardInterrupt":
+                    limit = f" of {timeout} s" if timeout else ""
+                    notes.append(f"{label} ran past the timeout{limit} and was interrupted")
+                else:
+                    what = f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".strip().rstrip(":")
+                    notes.append(f"{label} raised {what}")
     return notes
+
+
+REPORT_TIMEOUT = 600
+"""Seconds the checks of a lab may take together in the kernel (at least; ``timeout`` if larger)."""
 
 
 def grade(path: str | Path, *, timeout: int = 600, checks: Sequence[str | Path] = ()) -> GradeReport:
@@ -481,10 +488,15 @@ def grade(path: str | Path, *, timeout: int = 600, checks: Sequence[str | Path] 
         return done("grading a notebook file needs nbclient: pip install nbclient ipykernel")
 
     code = f"from fmlib.labs import _grader as _fmlib_labs_grader\n_fmlib_labs_grader._report({lab!r}, {extra!r})\n"
-    nb.cells.append(nbformat.v4.new_code_cell(code))
+    nb.cells.append(nbformat.v4.new_code_cell(code, metadata={"fmlib_report": True}))
+
+    def cell_timeout(cell: Any) -> int:
+        return max(timeout, REPORT_TIMEOUT) if cell.get("metadata", {}).get("fmlib_report") else timeout
+
     client = NotebookClient(
         nb,
         timeout=timeout,
+        timeout_func=cell_timeout,
         allow_errors=True,
         interrupt_on_timeout=True,
         record_timing=False,
@@ -494,20 +506,20 @@ def grade(path: str | Path, *, timeout: int = 600, checks: Sequence[str | Path] 
     try:
         client.execute()
     except DeadKernelError as exc:
-        report.notes = _cell_notes(nb.cells[:-1])
+        report.notes = _cell_notes(nb.cells[:-1], timeout)
         report.results = _failed_all(lab, "not graded: the kernel died")
         return done(f"the kernel died while running the notebook (out of memory? a crash?): {_describe(exc)}")
     except Exception as exc:
-        report.notes = _cell_notes(nb.cells[:-1])
+        report.notes = _cell_notes(nb.cells[:-1], timeout)
         report.results = _failed_all(lab, "not graded: the notebook could not be executed")
         return done(f"the notebook could not be executed: {_describe(exc)}")
-    report.notes = _cell_notes(nb.cells[:-1])
+    report.notes = _cell_notes(nb.cells[:-1], timeout)
     text = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.get("output_type") == "stream")
     lines = [ln for ln in text.splitlines() if ln.startswith(MARKER)]
     if not lines:
         errors = _cell_notes(nb.cells[-1:])
         report.results = _failed_all(lab, "not graded")
-        why = errors[0].split(" raised ", 1)[-1] if errors else "no report was printed"
+        why = errors[0] if errors else "no report was printed"
         return done(f"the checks could not run in the notebook's kernel: {why}")
     data = json.loads(lines[-1][len(MARKER) :])
     report.results = [TaskResult(**r) for r in data["results"]]
