@@ -6,7 +6,8 @@ idempotent: it inserts the cell where it is missing, replaces an outdated versio
 further down, and leaves a notebook that already starts with it byte for byte unchanged. Notebooks stay stripped
 (no outputs, no execution counts; cell ids renumbered 0, 1, 2, ... as nbstripout does).
 
-Without arguments it treats ``book/*.ipynb``. With ``--check`` it changes nothing and exits 1 if any notebook
+Without arguments it treats ``book/*.ipynb`` and the labs (``labs/*.ipynb``, ``labs/solutions/*.ipynb``). With
+``--check`` it changes nothing and exits 1 if any notebook
 lacks the cell.
 """
 
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = "https://github.com/flow-matching-book/flow-matching-book"
 TAG = "remove-cell"
 MARKER = '"google.colab" in sys.modules'
+DEFAULT_DIRS = ("book", "labs", "labs/solutions")
 # Formatted as ruff formats the chapters (book/ruff.toml), so that `ruff format --check` leaves it alone.
 SOURCE = (
     "import sys\n"
@@ -95,10 +97,10 @@ def process(path: Path, check: bool = False) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: book/*.ipynb")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: book/*.ipynb and the labs")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook lacks the cell")
     args = parser.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "book").glob("*.ipynb"))
+    paths = args.notebooks or [p for d in DEFAULT_DIRS for p in sorted((ROOT / d).glob("*.ipynb"))]
     touched = [p for p in paths if process(p, check=args.check)]
     for p in touched:
         print(f"{'missing' if args.check else 'updated'}: {p}")
