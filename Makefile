@@ -45,7 +45,7 @@ endif
 help:
 	@echo "make book      build the HTML book into _build/html, executing every chapter (npm optional)"
 	@echo "make test      pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
-	@echo "make lint      ruff on fmlib/, tests/, benchmarks/, tools/, examples/ and the chapters, mypy"
+	@echo "make lint      ruff on fmlib/, tests/, benchmarks/, tools/, examples/, the chapters and labs, mypy"
 	@echo "make bench     the benchmarks the book reads, in sequence: compare_2d (fmlib beside torchcfm and"
 	@echo "               flow_matching, 15-35 min), couplings (what a minibatch OT coupling costs, 10-25 min),"
 	@echo "               training_recipes (schedules, EMA, time sampling, 1.5 h), training_scale (train's"
@@ -95,11 +95,11 @@ bench: $(BENCH_STAMP)
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env book/
-	$(BIN)/nbstripout --verify book/*.ipynb templates/*.ipynb
+	$(BIN)/nbstripout --verify book/*.ipynb templates/*.ipynb labs/*.ipynb labs/solutions/*.ipynb
 
 lint: $(STAMP)
-	$(BIN)/ruff check fmlib tests benchmarks tools examples book templates
-	$(BIN)/ruff format --check fmlib tests benchmarks tools examples book templates
+	$(BIN)/ruff check fmlib tests benchmarks tools examples book templates labs
+	$(BIN)/ruff format --check fmlib tests benchmarks tools examples book templates labs
 	$(BIN)/mypy fmlib
 
 # What .github/workflows/gpu.yml runs: the CUDA smoke check (tools/cuda_smoke.py), then every chapter with nbval,
