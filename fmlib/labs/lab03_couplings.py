@@ -126,7 +126,7 @@ def _measure(model: torch.nn.Module, z: torch.Tensor, test: torch.Tensor, floor:
 
     device = next(model.parameters()).device
     zd = z.to(device)
-    out = {}
+    out: dict[str | int, float] = {}
     with torch.no_grad():
         traj = fmlib.integrate(model, zd, steps=100, trajectory=True).cpu().float()
         if not torch.isfinite(traj).all():
