@@ -50,7 +50,9 @@ help:
 	@echo "               flow_matching, 15-35 min), couplings (what a minibatch OT coupling costs, 10-25 min),"
 	@echo "               training_recipes (schedules, EMA, time sampling, 1.5 h), training_scale (train's"
 	@echo "               overhead, precision, compile, processes, 10 min), discrete (beside flow_matching's"
-	@echo "               discrete solver), few_step (MeanFlow, shortcut, distillation, reflow against the floor)"
+	@echo "               discrete solver), few_step (MeanFlow, shortcut, distillation, reflow against the floor),"
+	@echo "               images (U-Net, DiT and latent DiT on MNIST-5k beside torchcfm; writes the checkpoints"
+	@echo "               of chapter 13)"
 	@echo "make gpu-test  on a CUDA machine: a CUDA smoke check, then every chapter with nbval, timed"
 	@echo "               (PYTHON_ENV=system PYTHON=python3: use that Python and its own CUDA torch, no venv)"
 	@echo "make clean     remove _build/"
@@ -91,6 +93,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/training_scale.py
 	$(BIN)/python benchmarks/discrete.py
 	$(BIN)/python benchmarks/few_step.py
+	$(BIN)/python benchmarks/images.py
 
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest tests fmlib --doctest-modules

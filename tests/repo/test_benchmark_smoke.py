@@ -445,3 +445,31 @@ def test_few_step_smoke_measures_every_method_at_every_nfe(tmp_path):
         assert best["method"] != "icfm_euler"
         assert best["w2_over_floor"] == d["methods"][best["method"]]["w2_over_floor"]["1"]["mean"]
     assert set(result["targets"]) == {"one_step_within_1.5x", "two_steps_within_1.3x"}
+
+
+# ------------------------------------------------------------------------------------------------ images
+def test_images_smoke_trains_every_model_and_evaluates_it(tmp_path):
+    from benchmarks import images
+
+    result = run_smoke("images", tmp_path / "images.json")
+    cfg = images.Config.smoke()
+    meta = result["meta"]
+    assert meta["benchmark"] == "images" and meta["mode"] == "smoke" and meta["torch_threads"] == 1
+    assert images.Config.from_dict(result["config"]) == cfg
+    bad = [(where, v) for where, v in _numbers(result) if not math.isfinite(v)]
+    assert not bad, bad[:10]
+    assert set(result["models"]) == set(images.MODELS)
+    for name, row in result["models"].items():
+        assert row["steps"] == cfg.steps[name]
+        assert math.isclose(row["train_minutes_at_step_time"], row["steps"] * row["step_ms"] / 6e4)
+        ws = {"torchcfm_unet": {"w=1"}, "unet": {"w=1", f"w={cfg.w:g}"}}.get(name, {f"w={cfg.w:g}"})
+        assert ws == {k for k in row if k.startswith("w=")}, (name, row.keys())
+        floor = result["reference"]["fd_floor"][str(row["n_eval"])]
+        for w in ws:
+            assert 0.0 <= row[w]["accuracy"] <= 1.0 and row[w]["fd_over_floor"] > 0
+            assert math.isclose(row[w]["fd_over_floor"], row[w]["fd"] / floor)
+        assert "checkpoint" not in row  # a smoke run writes no checkpoints
+    assert result["autoencoder"]["latent_shape"] == [4, 7, 7]
+    assert result["autoencoder"]["compression"] == 784 / 196
+    assert 0.0 < result["reference"]["classifier_test_accuracy"] <= 1.0
+    assert set(result["targets"]) >= {"best_accuracy_at_least_0.95", "best_fd_within_3x_floor"}
