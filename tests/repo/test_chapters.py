@@ -107,13 +107,10 @@ def test_no_control_characters(path):
 # implementation exercise: one whose text gives a Python signature (```python ... def ...```) to implement.
 EXERCISE = re.compile(r"^(`{3,}|:{3,})\{exercise\} *(?P<title>.*?) *\n(?P<options>(?::[\w-]+:.*\n)*)", re.M)
 OLD_EXERCISE = re.compile(r"\*\*Exercise \d")
-STARS = re.compile(r"\((★|★★|★★★)\)$")
+STARS = re.compile(r" (★|★★|★★★)$")
 SIGNATURE = re.compile(r"```python\n(?:.*\n)*?\s*def \w+\(", re.M)
 FIRST_WITH_IMPLEMENTATION = "book/02_conditional_paths"
-# Every notebook of the book's pages; the pages named in NOT_YET_CONVERTED still hold exercises in the old format
-# (issue 25 converts them; empty the set when it has).
-NOT_YET_CONVERTED = {"conventions"}
-EXERCISE_PAGES = [p for p in NOTEBOOKS if p.parent.name == "book" and p.stem not in NOT_YET_CONVERTED]
+EXERCISE_PAGES = [p for p in NOTEBOOKS if p.parent.name == "book"]
 
 
 def exercises(path: Path) -> list[dict]:
@@ -152,7 +149,7 @@ def test_exercises_use_the_exercise_directive_with_a_mark_and_a_gated_solution(p
     for ex in exercises(path):
         where = f"{path.name}: exercise '{ex['title']}' (cell {ex['cell']})"
         assert ex["label"] and ex["label"].startswith("ex-"), f"{where}: no :label: ex-..."
-        assert STARS.search(ex["title"]), f"{where}: no difficulty mark (★), (★★) or (★★★) at the end of the title"
+        assert STARS.search(ex["title"]), f"{where}: no difficulty mark ★, ★★ or ★★★ at the end of the title"
         assert ex["solution"] and ex["closed"], f"{where}: no gated solution (solution-start ... solution-end)"
         start = "".join(ex["solution"][0]["source"])
         assert ex["solution"][0]["cell_type"] == "markdown" and re.match(

@@ -28,7 +28,7 @@ def _notebook():
         "cells": [
             _md("# A chapter\n\nThe chapter's text, long enough to be a candidate line of text.\n"),
             _code("shared_line_of_code = torch.zeros(3, dtype=torch.float64)\n"),
-            _md("````{exercise} A thing (★★)\n:label: ex-a-thing\n\nWrite `f`.\n````\n"),
+            _md("````{exercise} A thing ★★\n:label: ex-a-thing\n\nWrite `f`.\n````\n"),
             _md("```{solution-start} ex-a-thing\n:class: dropdown\n```\n\n" + DERIVATION + "\n"),
             _code(f"{SECRET}\nshared_line_of_code = torch.zeros(3, dtype=torch.float64)\nx = 1\n"),
             _md("```{solution-end}\n```\n"),
