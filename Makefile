@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 # PyPI's wheel of the same version is a CUDA build. Override e.g. `make test TORCH_SPEC="torch==2.5.1"`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
+# Test processes (pytest-xdist): one per CPU; each test and chapter runs on one thread. nbval keeps the cells of a
+# notebook together, in order, on one process (--dist loadfile). `make test TEST_WORKERS=1` runs them one by one.
+TEST_WORKERS ?= auto
 # torchcfm and flow_matching, for the benchmark and its smoke test: --no-deps, because torchcfm's dependencies
 # pull torchvision and with it another (CUDA) torch; their cores need only torch, numpy and POT.
 BENCH_STAMP := $(VENV)/.bench-stamp
@@ -44,7 +47,8 @@ endif
 
 help:
 	@echo "make book      build the HTML book into _build/html, executing every chapter (npm optional)"
-	@echo "make test      pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped"
+	@echo "make test      pytest on tests/ and fmlib's doctests, nbval over book/, notebooks stripped (one test"
+	@echo "               process per CPU: TEST_WORKERS=1 for one)"
 	@echo "make lint      ruff on fmlib/, tests/, benchmarks/, tools/, examples/, the chapters and labs, mypy"
 	@echo "make bench     the benchmarks the book reads, in sequence: compare_2d (fmlib beside torchcfm and"
 	@echo "               flow_matching, 15-35 min), couplings (what a minibatch OT coupling costs, 10-25 min),"
@@ -96,8 +100,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/images.py
 
 test: $(STAMP) $(BENCH_STAMP)
-	$(BIN)/python -m pytest tests fmlib --doctest-modules
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env book/
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests fmlib --doctest-modules
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env book/
 	$(BIN)/nbstripout --verify book/*.ipynb templates/*.ipynb labs/*.ipynb labs/solutions/*.ipynb
 
 lint: $(STAMP)
