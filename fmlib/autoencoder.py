@@ -140,7 +140,7 @@ class Autoencoder(nn.Module):
         return self.latent_mean.to(z.dtype)[:, None, None], self.latent_std.to(z.dtype)[:, None, None]
 
     def encode(self, x: Tensor) -> Tensor:
-        """The standardised latent ``(mu(x) - latent_mean) / latent_std`` (the posterior mean), (B, *latent_shape).
+        """The standardised latent ``(mu(x) - latent_mean) / latent_std`` (the posterior mean), ``(B, *latent_shape)``.
 
         Raises:
             ValueError: if x is not of shape (B, in_channels, image_size, image_size).
@@ -150,7 +150,7 @@ class Autoencoder(nn.Module):
         return (self._moments(x)[0] - mean) / std
 
     def decode(self, z: Tensor) -> Tensor:
-        """Images (B, in_channels, S, S) from standardised latents z of shape (B, *latent_shape).
+        """Images (B, in_channels, S, S) from standardised latents z of shape ``(B, *latent_shape)``.
 
         Raises:
             ValueError: if z is not of shape (B, latent_channels, S/4, S/4).
@@ -209,7 +209,7 @@ class Autoencoder(nn.Module):
         return self
 
     def encode_dataset(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        """Encode a data set once: the standardised latents of x, (N, *latent_shape), without an autograd graph.
+        """Encode a data set once: the standardised latents of x, ``(N, *latent_shape)``, without an autograd graph.
 
         Runs in eval mode under ``torch.no_grad()`` in batches of ``batch_size`` (the mode is restored
         afterwards) and returns a detached tensor: latents that carried the encoder's graph would keep every
