@@ -27,7 +27,7 @@ Checkpoints (float16 state dicts, with the command, commit and step counts that 
 ``benchmarks/checkpoints/`` (see its README); the chapter ``book/13_images_at_28x28.ipynb`` loads them.
 
 Usage (from the repository root):
-    python benchmarks/images.py            # the full run (about an hour on one quiet core)
+    python benchmarks/images.py            # the full run (about an hour on one core)
     python benchmarks/images.py --smoke --out /tmp/images_smoke.json   # a minute; writes no checkpoints
     python benchmarks/images.py --timing-only   # the step times again (quiet machine), into results/images.json
 """
@@ -62,7 +62,7 @@ class Config:
     # training steps per model: about equal wall time on one CPU thread (steps x the step times measured in the
     # same run, reported as "train_minutes_at_step_time")
     steps: dict = dataclasses.field(
-        default_factory=lambda: {"unet": 900, "dit": 1200, "latent_dit": 1200, "torchcfm_unet": 40}
+        default_factory=lambda: {"unet": 3600, "dit": 4800, "latent_dit": 4800, "torchcfm_unet": 160}
     )
     batch: int = 64
     lr: float = 1e-3
