@@ -103,6 +103,11 @@ def guided_velocity(model: Callable[..., Tensor], y: int | Tensor, w: float) -> 
     For w not in {0, 1} both fields are evaluated in one batch of 2B, so one call of the returned
     field costs one network evaluation of twice the batch.
 
+    A flow-map network with two times, ``model(x, r, t, y)`` (``UNet(..., two_times=True)``), gives the field
+    ``u(x, r, t)`` (pass it to :func:`~fmlib.sample_flow_map`): the same combination of the two average
+    velocities. At r = t it is the guided velocity; for r < t it is not the average velocity of the guided
+    flow, only the combination of the conditional and unconditional jumps.
+
     Args:
         model: conditional velocity model ``model(x, t, y)`` with an int attribute ``num_classes``.
         y: the class of each sample: an int or a 0-d integer tensor (the same for all, at any batch
@@ -110,7 +115,8 @@ def guided_velocity(model: Callable[..., Tensor], y: int | Tensor, w: float) -> 
         w: guidance scale, finite and >= 0.
 
     Returns:
-        A velocity field ``v(x, t)`` for :func:`~fmlib.integrate`.
+        A velocity field ``v(x, t)`` for :func:`~fmlib.integrate` (``v(x, r, t)`` for a two-time model:
+        every time argument after x is passed on, each of shape (B,) or a float).
 
     Raises:
         ValueError: if w < 0, y is out of range, or (when called) a y of shape (B,) does not match
@@ -138,16 +144,16 @@ def guided_velocity(model: Callable[..., Tensor], y: int | Tensor, w: float) -> 
     else:
         check_labels(y, 1, num_classes, allow_null=False)
 
-    def v(x: Tensor, t: Tensor) -> Tensor:
+    def v(x: Tensor, t: Tensor, *more_times: Tensor) -> Tensor:
         batch = x.shape[0]
         yy = check_labels(y, batch, num_classes, allow_null=False).to(x.device)
         null = torch.full_like(yy, num_classes)
         if w == 0.0:
-            return model(x, t, null)
+            return model(x, t, *more_times, null)
         if w == 1.0:
-            return model(x, t, yy)
-        t = as_time(t, x, unit_interval=False)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([yy, null]))
+            return model(x, t, *more_times, yy)
+        times = [as_time(s, x, unit_interval=False) for s in (t, *more_times)]
+        out = model(torch.cat([x, x]), *(torch.cat([s, s]) for s in times), torch.cat([yy, null]))
         v_cond, v_uncond = out[:batch], out[batch:]
         return cfg_combine(v_cond, v_uncond, w)
 

@@ -7,6 +7,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import fmlib
 from fmlib import (
     DigitClassifier,
     DigitUNet,
@@ -192,6 +193,22 @@ def test_guided_velocity_matches_model_calls():
     assert torch.allclose(guided_velocity(model, y, 2.5)(x, t), v_u + 2.5 * (v_c - v_u), atol=1e-6)
     # an int label is the same for the whole batch
     assert torch.allclose(guided_velocity(model, 3, 2.0)(x, t), cfg_combine(model(x, t, 3), v_u, 2.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
+def test_guided_velocity_of_a_two_time_model_combines_the_average_velocities(w):
+    torch.manual_seed(0)
+    model = randomise_output(fmlib.UNet(image_size=8, channels=8, emb_dim=16, attention=False, two_times=True))
+    x, r, t = torch.randn(4, 1, 8, 8), torch.rand(4) * 0.5, 0.5 + torch.rand(4) * 0.5
+    y = torch.tensor([0, 1, 2, 9])
+    with torch.no_grad():
+        u_c, u_u = model(x, r, t, y), model(x, r, t, torch.full((4,), NUM_CLASSES))
+        got = guided_velocity(model, y, w)(x, r, t)
+        # one jump of the guided field through sample_flow_map is x0 + u(x0, 0, 1)
+        jump = fmlib.sample_flow_map(guided_velocity(model, y, w), x, 1)
+        u01 = [model(x, torch.zeros(4), torch.ones(4), lab) for lab in (y, torch.full((4,), NUM_CLASSES))]
+    torch.testing.assert_close(got, u_u + w * (u_c - u_u), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(jump, x + u01[1] + w * (u01[0] - u01[1]), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("w", [0.0, 1.0, 2.5])
