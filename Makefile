@@ -55,6 +55,7 @@ help:
 	@echo "               training_recipes (schedules, EMA, time sampling, 1.5 h), training_scale (train's"
 	@echo "               overhead, precision, compile, processes, 10 min), discrete (beside flow_matching's"
 	@echo "               discrete solver), few_step (MeanFlow, shortcut, distillation, reflow against the floor),"
+	@echo "               few_step_digits (the same on the 8x8 digits with guidance; writes checkpoints),"
 	@echo "               images (U-Net, DiT and latent DiT on MNIST-5k beside torchcfm; writes the checkpoints"
 	@echo "               of chapter 13)"
 	@echo "make gpu-test  on a CUDA machine: a CUDA smoke check, then every chapter with nbval, timed"
@@ -97,6 +98,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/training_scale.py
 	$(BIN)/python benchmarks/discrete.py
 	$(BIN)/python benchmarks/few_step.py
+	$(BIN)/python benchmarks/few_step_digits.py
 	$(BIN)/python benchmarks/images.py
 
 test: $(STAMP) $(BENCH_STAMP)

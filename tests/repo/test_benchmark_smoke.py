@@ -447,6 +447,38 @@ def test_few_step_smoke_measures_every_method_at_every_nfe(tmp_path):
     assert set(result["targets"]) == {"one_step_within_1.5x", "two_steps_within_1.3x"}
 
 
+# ------------------------------------------------------------------------------------------------ few_step_digits
+def test_few_step_digits_smoke_evaluates_every_method_and_writes_no_checkpoint(tmp_path):
+    from benchmarks import few_step_digits
+
+    before = sorted((ROOT / "benchmarks" / "checkpoints").glob("few_step_digits_*"))
+    stamps = [p.stat().st_mtime_ns for p in before]
+    result = run_smoke("few_step_digits", tmp_path / "few_step_digits.json")
+    cfg = few_step_digits.Config.smoke()
+    meta = result["meta"]
+    assert meta["benchmark"] == "few_step_digits" and meta["mode"] == "smoke" and meta["torch_threads"] == 1
+    assert few_step_digits.Config.from_dict(result["config"]) == cfg
+    bad = [(where, v) for where, v in _numbers(result) if not math.isfinite(v)]
+    assert not bad, bad[:10]
+    assert set(result["methods"]) == set(few_step_digits.METHODS)
+    floor = result["reference"]["fd_floor"]
+    for name, m in result["methods"].items():
+        want = {str(n) for n in cfg.nfes}
+        if name == "distilled":  # one student per halving of the teacher's steps
+            want = {str(n) for n in cfg.nfes if n < cfg.teacher_steps}
+        assert set(m["quality"]) == want, (name, m["quality"].keys())
+        for q in m["quality"].values():
+            assert 0.0 <= q["accuracy"] <= 1.0 and math.isclose(q["fd_over_floor"], q["fd"] / floor)
+        assert m["train_seconds"] > 0 and m["train_steps"] >= cfg.steps
+    for key, nfe in (("best_one_step", "1"), ("best_two_steps", "2")):
+        best = result[key]
+        assert best["method"] != "teacher"
+        assert best["fd_over_floor"] == result["methods"][best["method"]]["quality"][nfe]["fd_over_floor"]
+    assert "checkpoints" not in result
+    after = sorted((ROOT / "benchmarks" / "checkpoints").glob("few_step_digits_*"))
+    assert after == before and [p.stat().st_mtime_ns for p in after] == stamps
+
+
 # ------------------------------------------------------------------------------------------------ images
 def test_images_smoke_trains_every_model_and_evaluates_it(tmp_path):
     from benchmarks import images
