@@ -252,16 +252,74 @@ class EmpiricalMarginal:
         few = xf.shape[1] <= 8 and not (torch.is_grad_enabled() and (xf.requires_grad or a.requires_grad))
         fast = self._expansion_ok(xf, a, s, dn) if few else torch.zeros_like(a, dtype=torch.bool)
         if bool(fast.all()) or not bool(fast.any()):
-            lse, xbar = self._stream_rows(xf, a, s, d, dn, want_mean, few, bool(fast.all()))
+            rows_fn = self._shifted_rows if bool(fast.all()) else self._stream_rows
+            lse, xbar = rows_fn(xf, a, s, d, dn, want_mean, few, bool(fast.all()))
         else:  # some rows each way: run the two sets apart and put the rows back in order
             lse = xf.new_empty(xf.shape[0])
             xbar = xf.new_empty(xf.shape) if want_mean else None
             for rows, expanded in ((fast, True), (~fast, False)):
-                part_lse, part_mean = self._stream_rows(xf[rows], a[rows], s[rows], d, dn, want_mean, few, expanded)
+                rows_fn = self._shifted_rows if expanded else self._stream_rows
+                part_lse, part_mean = rows_fn(xf[rows], a[rows], s[rows], d, dn, want_mean, few, expanded)
                 lse[rows] = part_lse
                 if xbar is not None and part_mean is not None:
                     xbar[rows] = part_mean
         return lse, xbar, xf, c
+
+    def _shifted_rows(
+        self, xf: Tensor, a: Tensor, s: Tensor, d: Tensor, dn: Tensor, want_mean: bool, few: bool, expanded: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The log-sum-exp (and posterior mean) of rows whose logits the expanded form gives (few features, no
+        graph), with one fixed shift per row: fewer passes over each block than the online log-sum-exp.
+
+        The shift S of a row is its largest logit over a strided subset of the data, so S <= the largest logit
+        M: no row underflows entirely, and exp2(logit - S) <= 2^(M - S) overflows only when the subset misses
+        the nearest points by over 127 bits; such rows (a non-finite sum) go to :meth:`_stream_rows`. The shift
+        enters the matrix product as one more column ([q, -S] . [y_aug, 1]), so a block costs a product, exp2
+        in place and one matrix-vector product per output; raising logits below the subnormal range (see
+        :meth:`_stream_rows`) is needed only for rows whose logits can fall that low, judged by the bound
+        -(||x|| + a Y)^2 / (2 sigma^2) with Y = max ||y||.
+        """
+        rows, cols = self._blocks(xf.shape[0])
+        unit = 1.0 / math.log(2.0)  # logits in bits
+        inv = 1.0 / s**2
+        q_aug = torch.cat([xf * (a * inv)[:, None], (-0.5 * a**2 * inv)[:, None]], dim=1) * unit
+        d_aug = torch.cat([d, dn[:, None], torch.ones_like(dn)[:, None]], dim=1)  # (N, F + 2): [y, ||y||^2, 1]
+        stride = max(1, d.shape[0] // 1024)
+        subset = d_aug[::stride, :-1]
+        tiny = torch.finfo(xf.dtype).tiny
+        floor, tiny16 = math.log2(tiny) + 3.0, 16.0 * tiny
+        low = -0.5 * unit * (xf.norm(dim=1) + a * dn.max().sqrt()) ** 2 * inv  # lower bound of the shifted logits
+        columns = (torch.cat([d, torch.ones_like(dn)[:, None]], dim=1) if want_mean else d_aug[:, -1:]).T.contiguous()
+        work = xf.new_empty(min(rows, xf.shape[0]) * min(cols, d.shape[0]))
+        lses, means = [], []
+        for q in range(0, xf.shape[0], rows):
+            qa = q_aug[q : q + rows]
+            shift = torch.amax(qa @ subset.T, dim=1)
+            q2 = torch.cat([qa, -shift[:, None]], dim=1)
+            clamp = bool((low[q : q + rows] < floor).any())
+            acc = xf.new_zeros(qa.shape[0], columns.shape[0])
+            for col in range(0, d.shape[0], cols):
+                out = work[: qa.shape[0] * min(cols, d.shape[0] - col)].view(qa.shape[0], -1)
+                p = torch.mm(q2, d_aug[col : col + cols].T, out=out)
+                p = F.threshold_(p.clamp_min_(floor).exp2_(), tiny16, 0.0) if clamp else p.exp2_()
+                block = columns[:, col : col + cols]
+                acc += torch.stack([torch.mv(p, block[k]) for k in range(block.shape[0])], 1)
+            total = acc[:, -1]
+            m = shift - 0.5 * unit * xf[q : q + rows].pow(2).sum(1) * inv[q : q + rows]
+            lses.append(m / unit + torch.log(total))
+            if want_mean:
+                means.append(acc[:, :-1] / total[:, None])
+        lse = torch.cat(lses)
+        xbar = torch.cat(means) if want_mean else None
+        bad = ~torch.isfinite(lse)
+        if xbar is not None:
+            bad |= ~torch.isfinite(xbar).all(1)
+        if bool(bad.any()):  # the subset missed the nearest points by far: the online log-sum-exp for these rows
+            redo_lse, redo_mean = self._stream_rows(xf[bad], a[bad], s[bad], d, dn, want_mean, few, expanded)
+            lse[bad] = redo_lse
+            if xbar is not None and redo_mean is not None:
+                xbar[bad] = redo_mean
+        return lse, xbar
 
     def _stream_rows(
         self, xf: Tensor, a: Tensor, s: Tensor, d: Tensor, dn: Tensor, want_mean: bool, few: bool, expanded: bool

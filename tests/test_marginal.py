@@ -348,3 +348,33 @@ def test_float32_rows_by_both_routes_match_float64(gen, chunk_size):
     xf, a, s = x.float(), path.coefficients(t.float()).alpha_t, path.coefficients(t.float()).sigma_t
     fast = m32._expansion_ok(xf, a, s, x1.float().pow(2).sum(1))
     assert fast.any() and not fast.all()
+
+
+def _two_values_data(n=4096, big=4.47):
+    # every point at -big except index 1 at +big: a strided subset of the data (every 4th point) misses it
+    y = torch.full((n, 1), -big)
+    y[1] = big
+    return y
+
+
+@pytest.mark.parametrize("query", [5.59, -5.59])
+def test_one_dimensional_far_apart_logits_against_the_closed_form(query):
+    # 1D, float32, t = 0.5 on GaussianPath (alpha = sigma = 0.5): the two logits differ by about 100 nats.
+    # x = +5.59: the single point at +big dominates, e^100 times each other weight (beyond float32's range
+    # from any shift that misses it); x = -5.59: its weight is e^-100 of the others (below float32's smallest
+    # normal number). The log density, the posterior mean and the velocity against float64 closed forms.
+    y = _two_values_data()
+    path = GaussianPath()
+    m = EmpiricalMarginal(y, path)
+    x = torch.tensor([[query]])
+    with torch.no_grad():
+        lp, xbar, v = m.log_prob(x, 0.5), m.posterior_mean(x, 0.5), m.velocity(x, 0.5)
+    a = s = 0.5
+    logits = -((query - a * y.double()[:, 0]) ** 2) / (2 * s**2)
+    exact_lp = torch.logsumexp(logits, 0) - math.log(len(y)) - math.log(s) - 0.5 * math.log(2 * math.pi)
+    w = torch.softmax(logits, 0)
+    exact_xbar = float((w * y.double()[:, 0]).sum())
+    exact_v = exact_xbar + (-1 / s) * (query - a * exact_xbar)  # d_alpha = 1, d_sigma / sigma = -1 / s
+    assert abs(float(lp) - float(exact_lp)) < 1e-4 * abs(float(exact_lp)) + 1e-5
+    assert abs(float(xbar) - exact_xbar) < 1e-5 * 4.47
+    assert abs(float(v) - exact_v) < 1e-4 * max(1.0, abs(exact_v))
