@@ -30,6 +30,11 @@ Usage (from the repository root):
     python benchmarks/images.py            # the full run (about an hour on one core)
     python benchmarks/images.py --smoke --out /tmp/images_smoke.json   # a minute; writes no checkpoints
     python benchmarks/images.py --timing-only   # the step times again (quiet machine), into results/images.json
+    python benchmarks/images.py --guidance-sweep   # each stored checkpoint at several w, into results/images.json
+
+4. **Guidance sweep** (``--guidance-sweep``, after a full run): the stored float16 checkpoints (what chapter 13
+   loads) sampled as in 3 at each w of ``SWEEP_WS``; the issue's targets are then judged on the model and w with
+   the smallest FD among those whose class accuracy is at least 0.95.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from benchmarks import harness  # noqa: E402
 
 CHECKPOINTS = harness.ROOT / "benchmarks" / "checkpoints"
 MODELS = ("unet", "dit", "latent_dit", "torchcfm_unet")
+SWEEP_WS = (1.0, 1.5, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -269,6 +275,69 @@ def save_checkpoint(name: str, model: torch.nn.Module, kwargs: dict, meta: dict,
     return {"file": str(path.relative_to(harness.ROOT)), "bytes": path.stat().st_size}
 
 
+def reference(cfg: Config, split) -> tuple:
+    """The classifier and the reference numbers: training features, the FD floor of each sample size and the
+    nearest-neighbour distances of the held-out images to the training split."""
+    x_train, y_train, x_test, y_test = split.x_train, split.y_train, split.x_test, split.y_test
+    clf = fmlib.DigitClassifier(hidden=cfg.classifier_hidden, seed=cfg.seed).fit(x_train, y_train)
+    ref = {"x_train": x_train, "train_features": clf.features(x_train)}
+    # the floor of n samples: FD(n held-out images, n / 10 of each digit, training split)
+    ref["fd_floor"] = {}
+    for n in sorted({cfg.n_eval, cfg.n_eval_torchcfm, len(x_test)}):
+        held = torch.cat([x_test[y_test == c][: n // 10] for c in range(10)])
+        ref["fd_floor"][n] = fmlib.frechet_distance(clf.features(held), ref["train_features"])
+    nn_test = fmlib.nearest_distances(x_test, x_train)
+    ref["nn_test_median"], ref["nn_test_min"] = float(nn_test.median()), float(nn_test.min())
+    return clf, ref
+
+
+def load_checkpoint(name: str, cfg: Config) -> torch.nn.Module:
+    """A stored network with its float16 weights in float32, as chapter 13 loads it."""
+    ckpt = torch.load(CHECKPOINTS / f"images_{name}.pt", map_location="cpu")
+    model = fmlib.Autoencoder(**ckpt["kwargs"]) if name == "autoencoder" else build(name, cfg)
+    model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
+    return model.eval()
+
+
+def guidance_sweep(result: dict, cfg: Config, split, log: Callable[[str], None]) -> None:
+    """Every fmlib model's stored checkpoint at each w of SWEEP_WS; the targets on the best (model, w)."""
+    clf, ref = reference(cfg, split)
+    ae = load_checkpoint("autoencoder", cfg)
+    labels = torch.arange(10).repeat_interleave(cfg.n_eval // 10)
+    sweep = {}
+    for name in ("unet", "dit", "latent_dit"):
+        model = load_checkpoint(name, cfg)
+        shape = (4, 7, 7) if name == "latent_dit" else tuple(split.x_train.shape[1:])
+        sweep[name] = {}
+        for w in SWEEP_WS:
+            z = sample(model, name, labels, w, cfg, shape)
+            with torch.no_grad():
+                images = ae.decode(z) if name == "latent_dit" else z
+            sweep[name][f"w={w:g}"] = evaluate(images, labels, clf, ref, cfg.n_eval)
+        log(
+            f"{name}: "
+            + ", ".join(
+                f"{w} acc {q['accuracy']:.3f} FD/floor {q['fd_over_floor']:.2f}" for w, q in sweep[name].items()
+            )
+        )
+    result["guidance_sweep"] = {"ws": list(SWEEP_WS), "from": "the float16 checkpoints", "models": sweep}
+    accurate = [
+        (q["fd_over_floor"], name, w) for name, row in sweep.items() for w, q in row.items() if q["accuracy"] >= 0.95
+    ]
+    if accurate:
+        _, name, w = min(accurate)
+        b = sweep[name][w]
+        result["best_swept"] = {"model": name, "w": float(w[2:]), **b}
+        result["targets_swept"] = {
+            "best_accuracy_at_least_0.95": True,
+            "best_fd_within_3x_floor": b["fd_over_floor"] <= 3.0,
+            "best_no_sample_closer_than_median_test": b["share_closer_than_median_test"] == 0.0,
+            "best_no_sample_closer_than_any_test": b["closer_than_any_test"] == 0,
+        }
+    else:
+        result["best_swept"], result["targets_swept"] = None, {"best_accuracy_at_least_0.95": False}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = harness.parser(__doc__, default_out="images.json")
     parser.add_argument(
@@ -276,12 +345,24 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="measure the step times again (on a quiet machine) and update them in the result file --out",
     )
+    parser.add_argument(
+        "--guidance-sweep",
+        action="store_true",
+        help="sample the stored checkpoints at several guidance scales and update the result file --out",
+    )
     args = parser.parse_args(argv)
     if args.smoke and args.out == parser.get_default("out"):
         args.out = str(harness.RESULTS / "images_smoke.json")
     log = harness.logger(args.quiet)
     split = fmlib.load_mnist_5k()
     x_train, y_train, x_test, y_test = split.x_train, split.y_train, split.x_test, split.y_test
+    if args.guidance_sweep:
+        result = harness.load(args.out)
+        cfg = Config.from_dict(result["config"])
+        torch.set_num_threads(args.threads)
+        guidance_sweep(result, cfg, split, log)
+        log(f"updated the guidance sweep in {harness.write_json(args.out, result) or args.out}")
+        return result
     if args.timing_only:  # the step time does not depend on the values of the latents: random ones will do
         result = harness.load(args.out)
         cfg = Config.from_dict(result["config"])
@@ -316,17 +397,8 @@ def main(argv: list[str] | None = None) -> dict:
         "torchcfm_unet": trainer("torchcfm_unet", cfg, x_train, y_train),
     }
 
-    # the reference: classifier, features, the FD floor and the nearest-neighbour distances of held-out images
     start = time.perf_counter()
-    clf = fmlib.DigitClassifier(hidden=cfg.classifier_hidden, seed=cfg.seed).fit(x_train, y_train)
-    ref = {"x_train": x_train, "train_features": clf.features(x_train)}
-    # the floor of n samples: FD(n held-out images, n / 10 of each digit, training split)
-    ref["fd_floor"] = {}
-    for n in sorted({cfg.n_eval, cfg.n_eval_torchcfm, len(x_test)}):
-        held = torch.cat([x_test[y_test == c][: n // 10] for c in range(10)])
-        ref["fd_floor"][n] = fmlib.frechet_distance(clf.features(held), ref["train_features"])
-    nn_test = fmlib.nearest_distances(x_test, x_train)
-    ref["nn_test_median"], ref["nn_test_min"] = float(nn_test.median()), float(nn_test.min())
+    clf, ref = reference(cfg, split)
     result["reference"] = {
         "classifier_test_accuracy": clf.accuracy(x_test, y_test),
         "classifier_fit_seconds": time.perf_counter() - start,

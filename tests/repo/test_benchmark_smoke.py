@@ -6,6 +6,7 @@ Needs torchcfm and flow_matching: `make test` installs them with --no-deps from 
 """
 
 import ast
+import dataclasses
 import json
 import math
 import statistics
@@ -505,3 +506,34 @@ def test_images_smoke_trains_every_model_and_evaluates_it(tmp_path):
     assert result["autoencoder"]["compression"] == 784 / 196
     assert 0.0 < result["reference"]["classifier_test_accuracy"] <= 1.0
     assert set(result["targets"]) >= {"best_accuracy_at_least_0.95", "best_fd_within_3x_floor"}
+
+
+def test_images_guidance_sweep_samples_the_stored_checkpoints(monkeypatch):
+    # the sweep on the repository's checkpoints with small evaluation sizes: every model at each w, and the
+    # best (model, w) is the smallest FD among the rows with accuracy >= 0.95
+    from benchmarks import images
+
+    stored = harness.load(RESULTS / "images.json")
+    cfg = dataclasses.replace(
+        images.Config.from_dict(stored["config"]),
+        n_eval=20,
+        n_eval_torchcfm=20,
+        classifier_hidden=16,
+        sampler_steps=2,
+    )
+    monkeypatch.setattr(images, "SWEEP_WS", (1.0, 3.0))
+    result = {}
+    images.guidance_sweep(result, cfg, fmlib.load_mnist_5k(), lambda s: None)
+    sweep = result["guidance_sweep"]["models"]
+    assert set(sweep) == {"unet", "dit", "latent_dit"}
+    for rows in sweep.values():
+        assert set(rows) == {"w=1", "w=3"}
+        assert all(0.0 <= q["accuracy"] <= 1.0 and q["fd_over_floor"] > 0 for q in rows.values())
+    accurate = [
+        (q["fd_over_floor"], n, w) for n, rows in sweep.items() for w, q in rows.items() if q["accuracy"] >= 0.95
+    ]
+    if accurate:
+        _, name, w = min(accurate)
+        assert (result["best_swept"]["model"], f"w={result['best_swept']['w']:g}") == (name, w)
+    else:
+        assert result["best_swept"] is None
