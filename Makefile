@@ -86,10 +86,11 @@ $(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt benchmarks/constraints.txt
 	$(BIN)/python -c "import torch, torchcfm, flow_matching; v = torch.__version__.split('+')[0]; assert '$(TORCH_SPEC)'.endswith(v), v"
 	touch $(BENCH_STAMP)
 
-# The benchmarks behind book/benchmarks.ipynb (and chapters 9 and 10), one after the other, each writing
-# benchmarks/results/NAME.json. Times of the stored runs on one core each, beside another job: compare_2d 20 min,
-# couplings 23 min, training_recipes 26 min (its stored result: the recipes of RECIPES_ARGS, all three tasks),
-# training_scale 10 min (alone on the machine: it times steps), about 80 minutes in all.
+# The benchmarks behind book/benchmarks.ipynb (and chapters 9, 10, 13 and few-step), one after the other, each
+# writing benchmarks/results/NAME.json. Wall times of the stored runs, each alone on one core: compare_2d 13 min,
+# couplings 4 min, training_recipes 26 min (the recipes of RECIPES_ARGS, all three tasks), training_scale 5 min,
+# discrete 5 min, few_step 8 min, few_step_digits 12 min, images 54 min (plus --guidance-sweep, 6 min): about
+# two hours in all.
 RECIPES_ARGS := --recipes constant_3e-3 constant cosine ema default default_logit_normal
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/compare_2d.py
@@ -100,6 +101,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/few_step.py
 	$(BIN)/python benchmarks/few_step_digits.py
 	$(BIN)/python benchmarks/images.py
+	$(BIN)/python benchmarks/images.py --guidance-sweep
 
 test: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests fmlib --doctest-modules
