@@ -92,15 +92,16 @@ class Config:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
-def fit(model, loss_fn: Callable, data: torch.Tensor, cfg: Config, steps: int, seed: int, lr: float):
-    """The chapter's loop: Adam, cosine schedule, EMA 0.999 of the weights, ``loss_fn(model, x1, g)``."""
+def fit(model, loss_fn: Callable, data: torch.Tensor, cfg, steps: int, seed: int, lr: float, labels=None):
+    """The chapter's loop: Adam, cosine schedule, EMA 0.999 of the weights, minibatches of ``cfg.batch`` rows
+    drawn with replacement; ``loss_fn(model, x1, g)``, or ``loss_fn(model, x1, y, g)`` with the rows' ``labels``."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = fmlib.lr_schedule(opt, steps, "cosine")
     ema = fmlib.EMA(model, 0.999)
     g = fmlib.seeded_generator(seed)
     for _ in range(steps):
-        x1 = data[torch.randint(len(data), (cfg.batch,), generator=g)]
-        loss = loss_fn(model, x1, g)
+        i = torch.randint(len(data), (cfg.batch,), generator=g)
+        loss = loss_fn(model, data[i], g) if labels is None else loss_fn(model, data[i], labels[i], g)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -47,8 +47,8 @@ if __package__ in (None, ""):  # run as `python benchmarks/few_step_digits.py`: 
 
 import fmlib  # noqa: E402
 from benchmarks import harness  # noqa: E402
+from benchmarks.few_step import fit  # noqa: E402
 
-CHECKPOINTS = harness.ROOT / "benchmarks" / "checkpoints"
 METHODS = ("teacher", "distilled", "rectified2", "meanflow")
 
 
@@ -95,25 +95,6 @@ def network(cfg: Config, two_times: bool = False) -> torch.nn.Module:
     return fmlib.DigitUNet(channels=cfg.channels, emb_dim=cfg.emb_dim)
 
 
-def fit(model, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, cfg: Config, steps: int, seed: int, lr: float):
-    """The few-step chapter's loop with labels: Adam, cosine schedule, EMA 0.999, ``loss_fn(model, x1, y, g)``."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = fmlib.lr_schedule(opt, steps, "cosine")
-    ema = fmlib.EMA(model, 0.999)
-    g = fmlib.seeded_generator(seed)
-    model.train()
-    for _ in range(steps):
-        i = torch.randint(len(x), (cfg.batch,), generator=g)
-        loss = loss_fn(model, x[i], y[i], g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        schedule.step()
-        ema.update()
-    ema.copy_to()
-    return model.eval()
-
-
 def train_all(cfg: Config, x: torch.Tensor, y: torch.Tensor, log: Callable[[str], None]) -> tuple[dict, dict]:
     """Every method's networks and training wall time (seconds)."""
     path, null = fmlib.LinearPath(), fmlib.NUM_CLASSES
@@ -152,7 +133,9 @@ def train_all(cfg: Config, x: torch.Tensor, y: torch.Tensor, log: Callable[[str]
                 lambda xt, t: m(xt, t, labels), field, path, x1, steps=k, generator=g
             )
 
-        students[k] = previous = fit(student, loss, x, y, cfg, cfg.round_steps, cfg.seed + 10 + k, cfg.distill_lr)
+        students[k] = previous = fit(
+            student, loss, x, cfg, cfg.round_steps, cfg.seed + 10 + k, cfg.distill_lr, labels=y
+        )
         k //= 2
     nets["distilled"], wall["distilled"] = students, time.perf_counter() - start
     log(f"distilled: {len(students)} rounds of {cfg.round_steps} steps in {wall['distilled']:.0f} s")
@@ -189,7 +172,9 @@ def train_all(cfg: Config, x: torch.Tensor, y: torch.Tensor, log: Callable[[str]
         labels = torch.where(drop, torch.full_like(labels, null), labels)
         return fmlib.meanflow_loss(lambda xr, r, t: m(xr, r, t, labels), path, x1, generator=g, time_sampler=times)
 
-    nets["meanflow"] = fit(network(cfg, two_times=True), mf_loss, x, y, cfg, cfg.steps, cfg.seed + 5, cfg.meanflow_lr)
+    nets["meanflow"] = fit(
+        network(cfg, two_times=True), mf_loss, x, cfg, cfg.steps, cfg.seed + 5, cfg.meanflow_lr, labels=y
+    )
     wall["meanflow"] = time.perf_counter() - start
     log(f"MeanFlow: {cfg.steps} steps in {wall['meanflow']:.0f} s")
     return nets, wall
@@ -214,24 +199,6 @@ def samplers(nets: dict, labels: torch.Tensor, w: float) -> dict[str, Callable[[
         "rectified2": lambda z, n: fmlib.integrate(lambda x, t: rf2(x, t, labels), z, steps=n),
         "meanflow": lambda z, n: fmlib.sample_flow_map(fmlib.guided_velocity(mf, labels, w), z, n),
     }
-
-
-def save_checkpoint(name: str, model: torch.nn.Module, meta: dict, extra: dict) -> dict:
-    """A float16 state dict with what made it; returns the file's name and size."""
-    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    path = CHECKPOINTS / f"few_step_digits_{name}.pt"
-    torch.save(
-        {
-            "class": type(model).__name__,
-            "state_dict": state,
-            "command": meta["command"],
-            "git_commit": meta["git_commit"],
-            **extra,
-        },
-        path,
-    )
-    return {"file": str(path.relative_to(harness.ROOT)), "bytes": path.stat().st_size}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -287,12 +254,20 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.save_checkpoints:
         common = {"channels": cfg.channels, "emb_dim": cfg.emb_dim, "w": cfg.w}
         files = {
-            "teacher": save_checkpoint("teacher", nets["teacher"], result["meta"], {**common, "steps": cfg.steps}),
-            "meanflow": save_checkpoint("meanflow", nets["meanflow"], result["meta"], {**common, "steps": cfg.steps}),
-            "rectified2": save_checkpoint("rectified2", nets["rectified2"], result["meta"], common),
+            "teacher": harness.save_checkpoint(
+                "few_step_digits_teacher.pt", nets["teacher"], result["meta"], **common, steps=cfg.steps
+            ),
+            "meanflow": harness.save_checkpoint(
+                "few_step_digits_meanflow.pt", nets["meanflow"], result["meta"], **common, steps=cfg.steps
+            ),
+            "rectified2": harness.save_checkpoint(
+                "few_step_digits_rectified2.pt", nets["rectified2"], result["meta"], **common
+            ),
         }
         for k in (1, 2):
-            files[f"distilled_{k}"] = save_checkpoint(f"distilled_{k}", nets["distilled"][k], result["meta"], common)
+            files[f"distilled_{k}"] = harness.save_checkpoint(
+                f"few_step_digits_distilled_{k}.pt", nets["distilled"][k], result["meta"], **common
+            )
         result["checkpoints"] = files
     log(f"wrote {harness.save(result, args.out)}")
     return result

@@ -51,6 +51,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+CHECKPOINTS = ROOT / "benchmarks" / "checkpoints"
 
 META_KEYS = (
     "benchmark",
@@ -236,6 +237,20 @@ def load(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: meta lacks {missing}")
     return result
+
+
+def save_checkpoint(filename: str, model: Any, meta: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Write ``CHECKPOINTS / filename`` with ``torch.save``: the network's class name, its state dict with the
+    floating tensors in float16 (load them with ``.float()``), the run's command and git commit (from ``meta``)
+    and ``extra``; returns the file's path relative to the repository and its size in bytes."""
+    import torch
+
+    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    path = CHECKPOINTS / filename
+    record = {"class": type(model).__name__, "state_dict": state, "command": meta["command"]}
+    torch.save({**record, "git_commit": meta["git_commit"], **extra}, path)
+    return {"file": str(path.relative_to(ROOT)), "bytes": path.stat().st_size}
 
 
 def logger(quiet: bool) -> Callable[[str], None]:

@@ -56,7 +56,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/images.py`: make the 
 import fmlib  # noqa: E402
 from benchmarks import harness  # noqa: E402
 
-CHECKPOINTS = harness.ROOT / "benchmarks" / "checkpoints"
+CHECKPOINTS = harness.CHECKPOINTS
 MODELS = ("unet", "dit", "latent_dit", "torchcfm_unet")
 SWEEP_WS = (1.0, 1.5, 2.0, 3.0)
 
@@ -256,25 +256,6 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, clf, ref: dict, n: int)
     }
 
 
-def save_checkpoint(name: str, model: torch.nn.Module, kwargs: dict, meta: dict, extra: dict) -> dict:
-    """A float16 state dict with what made it; returns the file's name and size."""
-    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    path = CHECKPOINTS / f"images_{name}.pt"
-    torch.save(
-        {
-            "class": type(model).__name__,
-            "kwargs": kwargs,
-            "state_dict": state,
-            "command": meta["command"],
-            "git_commit": meta["git_commit"],
-            **extra,
-        },
-        path,
-    )
-    return {"file": str(path.relative_to(harness.ROOT)), "bytes": path.stat().st_size}
-
-
 def reference(cfg: Config, split) -> tuple:
     """The classifier and the reference numbers: training features, the FD floor of each sample size and the
     nearest-neighbour distances of the held-out images to the training split."""
@@ -453,12 +434,17 @@ def main(argv: list[str] | None = None) -> dict:
         )
         log(f"{name}: {steps} steps in {train_seconds:.0f} s, {done}")
         if cfg.save_checkpoints and name != "torchcfm_unet":
-            row["checkpoint"] = save_checkpoint(
-                name, model, getattr(cfg, name), result["meta"], {"steps": steps, "p_uncond": cfg.p_uncond}
+            row["checkpoint"] = harness.save_checkpoint(
+                f"images_{name}.pt",
+                model,
+                result["meta"],
+                kwargs=getattr(cfg, name),
+                steps=steps,
+                p_uncond=cfg.p_uncond,
             )
     if cfg.save_checkpoints:
-        result["autoencoder"]["checkpoint"] = save_checkpoint(
-            "autoencoder", ae, cfg.autoencoder, result["meta"], {"steps": cfg.ae_steps}
+        result["autoencoder"]["checkpoint"] = harness.save_checkpoint(
+            "images_autoencoder.pt", ae, result["meta"], kwargs=cfg.autoencoder, steps=cfg.ae_steps
         )
     result["models"] = rows
     # the step times last: the only timed part, measured after the long work (see the module's docstring)

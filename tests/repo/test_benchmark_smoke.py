@@ -537,3 +537,23 @@ def test_images_guidance_sweep_samples_the_stored_checkpoints(monkeypatch):
         assert (result["best_swept"]["model"], f"w={result['best_swept']['w']:g}") == (name, w)
     else:
         assert result["best_swept"] is None
+
+
+def test_save_checkpoint_writes_float16_weights_and_what_made_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(harness, "CHECKPOINTS", tmp_path)
+    monkeypatch.setattr(harness, "ROOT", tmp_path.parent)
+    torch.manual_seed(0)
+    model = fmlib.DigitUNet(channels=8, emb_dim=16)
+    meta = {"command": "benchmarks/x.py", "git_commit": "abc"}
+    info = harness.save_checkpoint("x.pt", model, meta, kwargs={"channels": 8}, steps=3)
+    assert info == {"file": f"{tmp_path.name}/x.pt", "bytes": (tmp_path / "x.pt").stat().st_size}
+    ckpt = torch.load(tmp_path / "x.pt")
+    assert (ckpt["class"], ckpt["command"], ckpt["git_commit"]) == ("DigitUNet", "benchmarks/x.py", "abc")
+    assert ckpt["kwargs"] == {"channels": 8} and ckpt["steps"] == 3
+    for k, v in model.state_dict().items():
+        got = ckpt["state_dict"][k]
+        if v.is_floating_point():  # float16 rounding: relative error at most 2^-11
+            assert got.dtype == torch.float16
+            assert torch.allclose(got.float(), v, rtol=2**-11, atol=2**-24)
+        else:
+            assert torch.equal(got, v)
