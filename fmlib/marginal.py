@@ -301,7 +301,7 @@ class EmpiricalMarginal:
             for col in range(0, d.shape[0], cols):
                 out = work[: qa.shape[0] * min(cols, d.shape[0] - col)].view(qa.shape[0], -1)
                 p = torch.mm(q2, d_aug[col : col + cols].T, out=out)
-                p = F.threshold_(p.clamp_min_(floor).exp2_(), tiny16, 0.0) if clamp else p.exp2_()
+                p = F.threshold(p.clamp_min_(floor).exp2_(), tiny16, 0.0, inplace=True) if clamp else p.exp2_()
                 block = columns[:, col : col + cols]
                 acc += torch.stack([torch.mv(p, block[k]) for k in range(block.shape[0])], 1)
             total = acc[:, -1]
@@ -365,7 +365,7 @@ class EmpiricalMarginal:
                 # logits below `floor` are raised to it and their weights (< 16 tiny, beside the largest, 1) set
                 # to exactly 0, which changes the sums by less than N * 16 tiny
                 p = (
-                    F.threshold_(logits.sub_(new_m[:, None]).clamp_min_(floor).exp2_(), tiny16, 0.0)
+                    F.threshold(logits.sub_(new_m[:, None]).clamp_min_(floor).exp2_(), tiny16, 0.0, inplace=True)
                     if not logits.requires_grad
                     else torch.exp2(logits - new_m[:, None])
                 )
