@@ -2,6 +2,7 @@
 self-normalised Monte Carlo over z, and memorisation by the exact minimiser."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from fmlib import (
     divergence,
     integrate,
     log_likelihood,
+    marginal,
 )
 
 PATHS = [GaussianPath(0.0), GaussianPath(0.05), LinearPath(0.0), LinearPath(0.2)]
@@ -357,12 +359,70 @@ def _two_values_data(n=4096, big=4.47):
     return y
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Every query takes torch.compile's fused kernel (the route from 2^33 pairs on the CPU), in calls of 256
+    data points; the list records whether each call returned the kernel's sums."""
+    calls = []
+    original = marginal._fused_sums
+
+    def counting(*args):
+        out = original(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(marginal, "_FUSED_MIN_PAIRS", 1)
+    monkeypatch.setattr(marginal, "_FUSED_COLS", 256)
+    monkeypatch.setattr(marginal, "_fused_sums", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_kernel_against_the_dense_computation(dtype, fused_calls, gen):
+    path = GaussianPath(0.0)
+    x1 = data(gen, n=700)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64) * 2
+    t = torch.linspace(0.05, 0.8, 40, dtype=torch.float64)  # where the expanded form holds for every row
+    ref_lp, _, ref_u = dense_reference(x1, path, x, t)
+    m = EmpiricalMarginal(x1.to(dtype), path)
+    with torch.no_grad():
+        lp, u = m.log_prob(x.to(dtype), t.to(dtype)), m.velocity(x.to(dtype), t.to(dtype))
+    assert len(fused_calls) == 2 * 3 and all(fused_calls)  # 700 points in calls of 256, for each method
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(u.double(), ref_u, rtol=rtol, atol=rtol * float(ref_u.abs().max()))
+    torch.testing.assert_close(lp.double(), ref_lp, rtol=rtol, atol=rtol)
+
+
+def test_a_failing_compiler_leaves_the_eager_loop_with_one_warning(monkeypatch, gen):
+    x1, x = data(gen, n=300, dtype=torch.float32), torch.randn(20, 2, generator=gen)
+    m = EmpiricalMarginal(x1, GaussianPath())
+    with torch.no_grad():
+        eager = m.velocity(x, 0.5)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(marginal, "_fused_exp2_sums", lambda: broken)
+    monkeypatch.setattr(marginal, "_fused_failed", [])
+    monkeypatch.setattr(marginal, "_FUSED_MIN_PAIRS", 1)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="torch.compile failed.*no C\\+\\+ compiler"):
+        first = m.velocity(x, 0.5)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # once is enough: later calls take the eager loop silently
+        second = m.velocity(x, 0.5)
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+
+
+@pytest.mark.parametrize("route", ["eager", "fused"])
 @pytest.mark.parametrize("query", [5.59, -5.59])
-def test_one_dimensional_far_apart_logits_against_the_closed_form(query):
+def test_one_dimensional_far_apart_logits_against_the_closed_form(query, route, request):
     # 1D, float32, t = 0.5 on GaussianPath (alpha = sigma = 0.5): the two logits differ by about 100 nats.
     # x = +5.59: the single point at +big dominates, e^100 times each other weight (beyond float32's range
     # from any shift that misses it); x = -5.59: its weight is e^-100 of the others (below float32's smallest
-    # normal number). The log density, the posterior mean and the velocity against float64 closed forms.
+    # normal number). The log density, the posterior mean and the velocity against float64 closed forms, by the
+    # eager loop and by the fused kernel.
+    if route == "fused":
+        request.getfixturevalue("fused_calls")
     y = _two_values_data()
     path = GaussianPath()
     m = EmpiricalMarginal(y, path)
