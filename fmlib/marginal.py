@@ -46,8 +46,9 @@ _SMALL_ALPHA = 1e-3
 
 
 _FUSED_MIN_PAIRS = 2**33
-"""CPU queries x data pairs from which one call runs the fused kernel: the eager loop costs about 2 ns a pair on one
-core and the fused one about 1.3 ns, so from here one call saves more than compiling the kernel (a few seconds)."""
+"""CPU queries x data pairs from which a call runs the fused kernel. There the eager loop takes about 15 s on one
+core and the fused one about 1.5 times less; compiling costs 15-20 s the first time on a machine and about 5 s once
+torch.compile's disk cache holds the kernel, so it is repaid within a call or two (an ODE solve makes dozens)."""
 
 _FUSED_COLS = 2**14
 """Data points per call of the fused kernel: its per-call cost (about 0.4 ms) stays near 2 % of the work, and should
@@ -150,7 +151,7 @@ class EmpiricalMarginal:
     pairs in float32; up to 8 features it is two reused buffers, 32 MB) plus
     O(B * D) for the running sums, whatever B and N are. From 2^33 (query, data) pairs on the CPU, the
     sums of a few-feature query without autograd come from one loop compiled by ``torch.compile`` (about 1.5
-    times faster; the first such call also compiles it, a few seconds; where compiling fails, a
+    times faster; the first such call in a process also compiles it, 5-20 s; where compiling fails, a
     RuntimeWarning and the eager loop).
     :meth:`posterior` returns the full (B, N) matrix. With autograd enabled
     (e.g. to differentiate in x), every block's intermediates are kept for the
