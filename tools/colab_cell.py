@@ -1,14 +1,14 @@
 """Put the Colab set-up cell first in every chapter: ``python tools/colab_cell.py [--check] [NOTEBOOK ...]``.
 
-The cell installs fmlib from the repository when the notebook runs on Google Colab (the book's "launch" button)
-and does nothing anywhere else; it is tagged ``remove-cell``, so the built book does not show it. The script is
-idempotent: it inserts the cell where it is missing, replaces an outdated version of it, removes copies of it
+On Google Colab (the book's "launch" button) the cell clones the repository, installs fmlib from the clone and
+makes its ``book/`` folder the working folder, so that the chapters which read the stored benchmark results and
+checkpoints find them as in a local checkout; anywhere else it does nothing. It is tagged ``remove-cell``, so the
+built book does not show it. The script is idempotent: it inserts the cell where it is missing, replaces an outdated version of it, removes copies of it
 further down, and leaves a notebook that already starts with it byte for byte unchanged. Notebooks stay stripped
 (no outputs, no execution counts; cell ids renumbered 0, 1, 2, ... as nbstripout does).
 
 Without arguments it treats ``book/*.ipynb`` and the labs (``labs/*.ipynb``, ``labs/solutions/*.ipynb``). With
-``--check`` it changes nothing and exits 1 if any notebook
-lacks the cell.
+``--check`` it changes nothing and exits 1 if any notebook lacks the cell.
 """
 
 from __future__ import annotations
@@ -24,13 +24,19 @@ REPOSITORY = "https://github.com/flow-matching-book/flow-matching-book"
 TAG = "remove-cell"
 MARKER = '"google.colab" in sys.modules'
 DEFAULT_DIRS = ("book", "labs", "labs/solutions")
+CLONE = "/content/flow-matching-book"
 # Formatted as ruff formats the chapters (book/ruff.toml), so that `ruff format --check` leaves it alone.
 SOURCE = (
     "import sys\n"
     "\n"
-    "# on Colab: install fmlib from the repository\n"
+    "# on Colab: the repository (fmlib, and the stored results and checkpoints\n"
+    "# that some chapters read), installed and made the working folder\n"
     f"if {MARKER}:\n"
-    f'    %pip install -q "fmlib @ git+{REPOSITORY}"'
+    f'    repo = "{REPOSITORY}"\n'
+    f'    clone = "{CLONE}"\n'
+    "    !test -d {clone} || git clone -q --depth 1 {repo} {clone}\n"
+    "    %pip install -q {clone}\n"
+    "    %cd {clone}/book"
 )
 
 

@@ -53,21 +53,36 @@ def test_the_cell_source_is_the_agreed_one():
     assert colab_cell.SOURCE == (
         "import sys\n"
         "\n"
-        "# on Colab: install fmlib from the repository\n"
+        "# on Colab: the repository (fmlib, and the stored results and checkpoints\n"
+        "# that some chapters read), installed and made the working folder\n"
         'if "google.colab" in sys.modules:\n'
-        '    %pip install -q "fmlib @ git+https://github.com/flow-matching-book/flow-matching-book"'
+        '    repo = "https://github.com/flow-matching-book/flow-matching-book"\n'
+        '    clone = "/content/flow-matching-book"\n'
+        "    !test -d {clone} || git clone -q --depth 1 {repo} {clone}\n"
+        "    %pip install -q {clone}\n"
+        "    %cd {clone}/book"
     )
 
 
 def run_cell(modules: dict) -> list:
-    """Run the cell's code as IPython would, with a stand-in for IPython's magics; return the magics called."""
+    """Run the cell's code as IPython would, with a stand-in for IPython's shell commands and magics (expanding
+    {name} from the cell's variables, as IPython does); return what it ran."""
     code = TransformerManager().transform_cell(colab_cell.SOURCE)
     calls = []
-    shell = types.SimpleNamespace(run_line_magic=lambda name, line, *rest: calls.append((name, line)))
+    namespace: dict = {}
+
+    def expand(line: str) -> str:
+        return line.format(**namespace)
+
+    shell = types.SimpleNamespace(
+        run_line_magic=lambda name, line, *rest: calls.append((name, expand(line))),
+        system=lambda command: calls.append(("!", expand(command))),
+    )
+    namespace["get_ipython"] = lambda: shell
     saved = dict(sys.modules)
     sys.modules.update(modules)
     try:
-        exec(compile(code, "<colab cell>", "exec"), {"get_ipython": lambda: shell})
+        exec(compile(code, "<colab cell>", "exec"), namespace)
     finally:
         sys.modules.clear()
         sys.modules.update(saved)
@@ -79,9 +94,19 @@ def test_the_cell_does_nothing_outside_colab():
     assert run_cell({}) == []
 
 
-def test_the_cell_installs_fmlib_on_colab():
+def test_the_cell_clones_installs_and_enters_the_book_on_colab():
+    # the chapters find the stored results and checkpoints by walking up from the working folder to the
+    # repository root (the folder holding benchmarks/): on Colab that root is the clone
     calls = run_cell({"google.colab": types.ModuleType("google.colab")})
-    assert calls == [("pip", 'install -q "fmlib @ git+https://github.com/flow-matching-book/flow-matching-book"')]
+    repo, clone = "https://github.com/flow-matching-book/flow-matching-book", "/content/flow-matching-book"
+    assert calls == [
+        ("!", f"test -d {clone} || git clone -q --depth 1 {repo} {clone}"),
+        ("pip", f"install -q {clone}"),
+        ("cd", f"{clone}/book"),
+    ]
+    assert (
+        (ROOT / "book").is_dir() and (ROOT / "benchmarks" / "results").is_dir() and (ROOT / "pyproject.toml").is_file()
+    )
 
 
 def test_script_inserts_updates_and_is_idempotent(tmp_path):
