@@ -50,6 +50,10 @@ _FUSED_MIN_PAIRS = 2**33
 core and the fused one about 1.5 times less; compiling costs 15-20 s the first time on a machine and about 5 s once
 torch.compile's disk cache holds the kernel, so it is repaid within a call or two (an ODE solve makes dozens)."""
 
+_FUSED_MAX_FEATURES = 4
+"""Features up to which the fused kernel is used: one block of 1024 queries x 2^14 data points takes 0.6 (2 and 3
+features) to 0.8 (4) of the eager loop's time on one core, and from about 8 features the two are level."""
+
 _FUSED_COLS = 2**14
 """Data points per call of the fused kernel: its per-call cost (about 0.4 ms) stays near 2 % of the work, and should
 torch.compile ever run the kernel uncompiled (past its recompile limit), its intermediates stay at rows x 2^14."""
@@ -78,17 +82,23 @@ _fused_failed: list[str] = []  # the compiler's error, once it has failed in thi
 
 
 def _fused_sums(q: Tensor, shift: Tensor, d: Tensor, n_mean: int, floor: float) -> Tensor | None:
-    """:func:`_exp2_sums` compiled, or None once compiling has failed in this process."""
+    """:func:`_exp2_sums` compiled, or None once it could not be compiled in this process.
+
+    Each new dtype, feature count, method and grad mode is a new compiled variant; past torch.compile's recompile
+    limit (8 per function) it would run the kernel uncompiled, many times slower than the eager loop, so that
+    limit raises here and counts as a failure.
+    """
     if _fused_failed:
         return None
     try:
-        with torch.no_grad():  # used only where no graph is kept; one grad mode, one compiled variant
+        # no graph is kept on this route: one grad mode, one variant fewer
+        with torch.no_grad(), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
             return _fused_exp2_sums()(q, shift, d, n_mean, floor)  # type: ignore[operator]
-    except Exception as error:  # no working C++ compiler, for one: the eager loop gives the same sums
+    except Exception as error:  # no working C++ compiler, or the variants used up: the eager loop's sums are the same
         _fused_failed.append(f"{type(error).__name__}: {error}")
         warnings.warn(
-            f"EmpiricalMarginal: torch.compile failed ({_fused_failed[0]}); large queries use the eager loop "
-            "(about 1.5 times slower) in this process",
+            f"EmpiricalMarginal: the fused kernel could not be compiled ({_fused_failed[0][:300]}); large queries "
+            "use the eager loop (about 1.5 times slower) for the rest of this process",
             RuntimeWarning,
             stacklevel=5,
         )
@@ -150,9 +160,9 @@ class EmpiricalMarginal:
     bounded by about ``4 * chunk_size * itemsize`` bytes (64 MB at the default 2^22
     pairs in float32; up to 8 features it is two reused buffers, 32 MB) plus
     O(B * D) for the running sums, whatever B and N are. From 2^33 (query, data) pairs on the CPU, the
-    sums of a few-feature query without autograd come from one loop compiled by ``torch.compile`` (about 1.5
-    times faster; the first such call in a process also compiles it, 5-20 s; where compiling fails, a
-    RuntimeWarning and the eager loop).
+    sums of a query with up to 4 features and no autograd graph come from one loop compiled by
+    ``torch.compile`` (about 1.5 times faster in 2D; the first such call in a process also compiles it,
+    5-20 s; where it cannot be compiled, one RuntimeWarning and the eager loop).
     :meth:`posterior` returns the full (B, N) matrix. With autograd enabled
     (e.g. to differentiate in x), every block's intermediates are kept for the
     backward pass, so memory then grows with B * N.
@@ -324,7 +334,8 @@ class EmpiricalMarginal:
         """Streaming log-sum-exp over the data: returns (lse, xbar, x_flat, coefficients)."""
         xf, t, c, d, dn = self._inputs(x, t)
         a, s = c.alpha_t, c.sigma_t
-        few = xf.shape[1] <= 8 and not (torch.is_grad_enabled() and (xf.requires_grad or a.requires_grad))
+        graph = torch.is_grad_enabled() and (xf.requires_grad or a.requires_grad or d.requires_grad)
+        few = xf.shape[1] <= 8 and not graph
         fast = self._expansion_ok(xf, a, s, dn) if few else torch.zeros_like(a, dtype=torch.bool)
         if bool(fast.all()) or not bool(fast.any()):
             rows_fn = self._shifted_rows if bool(fast.all()) else self._stream_rows
@@ -352,9 +363,10 @@ class EmpiricalMarginal:
         enters the matrix product as one more column ([q, -S] . [y_aug, 1]), so a block costs a product, exp2
         in place and one matrix-vector product per output (:func:`_eager_sums`); raising logits below the
         subnormal range is needed only for rows whose logits can fall that low, judged by the bound
-        -(||x|| + a Y)^2 / (2 sigma^2) with Y = max ||y||. From ``_FUSED_MIN_PAIRS`` pairs on the CPU the sums
-        come from :func:`_exp2_sums` compiled by torch.compile: one pass, no weights stored, about 1.5 times
-        faster; the eager loop stays the route elsewhere and where compiling fails.
+        -(||x|| + a Y)^2 / (2 sigma^2) with Y = max ||y||. From ``_FUSED_MIN_PAIRS`` pairs on the CPU (up to
+        ``_FUSED_MAX_FEATURES`` features) the sums come from :func:`_exp2_sums` compiled by torch.compile: one
+        pass, no weights stored, about 1.5 times faster in 2D; the eager loop stays the route elsewhere and
+        where compiling fails.
         """
         rows, cols = self._blocks(xf.shape[0])
         unit = 1.0 / math.log(2.0)  # logits in bits
@@ -368,7 +380,12 @@ class EmpiricalMarginal:
         low = -0.5 * unit * (xf.norm(dim=1) + a * dn.max().sqrt()) ** 2 * inv  # lower bound of the shifted logits
         columns = (torch.cat([d, torch.ones_like(dn)[:, None]], dim=1) if want_mean else d_aug[:, -1:]).T.contiguous()
         n_mean = columns.shape[0] - 1
-        fused = xf.device.type == "cpu" and xf.shape[0] * d.shape[0] >= _FUSED_MIN_PAIRS  # repays compiling it
+        fused = (  # where it repays compiling it, and not inside a caller's own torch.compile
+            xf.device.type == "cpu"
+            and d.shape[1] <= _FUSED_MAX_FEATURES
+            and xf.shape[0] * d.shape[0] >= _FUSED_MIN_PAIRS
+            and not torch.compiler.is_compiling()
+        )
         d_t = d_aug[:, :-1].T.contiguous() if fused else None
         step = _FUSED_COLS if fused else d.shape[0]
         work = xf.new_empty(min(rows, xf.shape[0]) * min(cols, d.shape[0]))

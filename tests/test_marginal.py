@@ -405,12 +405,49 @@ def test_a_failing_compiler_leaves_the_eager_loop_with_one_warning(monkeypatch, 
     monkeypatch.setattr(marginal, "_fused_exp2_sums", lambda: broken)
     monkeypatch.setattr(marginal, "_fused_failed", [])
     monkeypatch.setattr(marginal, "_FUSED_MIN_PAIRS", 1)
-    with torch.no_grad(), pytest.warns(RuntimeWarning, match="torch.compile failed.*no C\\+\\+ compiler"):
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="could not be compiled.*no C\\+\\+ compiler"):
         first = m.velocity(x, 0.5)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error")  # once is enough: later calls take the eager loop silently
         second = m.velocity(x, 0.5)
     assert torch.equal(first, eager) and torch.equal(second, eager)
+
+
+def test_past_the_recompile_limit_the_eager_loop_takes_over_with_one_warning(fused_calls, monkeypatch, gen):
+    # past torch.compile's limit of compiled variants the kernel would run uncompiled (many times slower than the
+    # eager loop, with (rows, data) intermediates): the limit raises instead, and the eager loop takes over
+    torch._dynamo.reset()
+    monkeypatch.setattr(marginal, "_fused_failed", [])
+    x1, x = data(gen, n=300), torch.randn(20, 2, generator=gen, dtype=torch.float64)
+    t = torch.full((20,), 0.5, dtype=torch.float64)
+    _, _, ref_u = dense_reference(x1, GaussianPath(), x, t)
+    m32, m64 = EmpiricalMarginal(x1.float(), GaussianPath()), EmpiricalMarginal(x1, GaussianPath())
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1):
+        u32 = m32.velocity(x.float(), 0.5)  # the one variant allowed
+        with pytest.warns(RuntimeWarning, match="could not be compiled.*[Rr]ecompile"):
+            u64 = m64.velocity(x, 0.5)  # a second variant: over the limit
+        again = m64.velocity(x, 0.5)
+    assert fused_calls[0] and not fused_calls[-1] and len(marginal._fused_failed) == 1
+    torch.testing.assert_close(u32.double(), ref_u, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(u64, ref_u)
+    assert torch.equal(again, u64)
+
+
+@pytest.mark.parametrize("route", ["eager", "fused"])
+def test_gradients_with_respect_to_the_data(route, request, gen):
+    # data that require grad take the differentiable route (never the product into a reused buffer, nor the
+    # fused kernel, which keeps no graph): d log p_t(x) / d x1^(i) and d u_t(x) / d x1^(i) against dense autograd
+    if route == "fused":
+        request.getfixturevalue("fused_calls")
+    y, x = data(gen, n=50), torch.randn(10, 2, generator=gen, dtype=torch.float64)
+    t = torch.full((10,), 0.5, dtype=torch.float64)
+    yg, yr = y.clone().requires_grad_(), y.clone().requires_grad_()
+    m = EmpiricalMarginal(yg, GaussianPath())
+    lp, _, u = dense_reference(yr, GaussianPath(), x, t)
+    for ours, ref in ((m.log_prob(x, t).sum(), lp.sum()), ((m.velocity(x, t) ** 2).sum(), (u**2).sum())):
+        (g,) = torch.autograd.grad(ours, yg)
+        (g_ref,) = torch.autograd.grad(ref, yr, retain_graph=True)
+        torch.testing.assert_close(g, g_ref)
 
 
 @pytest.mark.parametrize("route", ["eager", "fused"])
