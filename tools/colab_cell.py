@@ -3,9 +3,10 @@
 On Google Colab (the book's "launch" button) the cell clones the repository, installs fmlib from the clone and
 makes its ``book/`` folder the working folder, so that the chapters which read the stored benchmark results and
 checkpoints find them as in a local checkout; anywhere else it does nothing. It is tagged ``remove-cell``, so the
-built book does not show it. The script is idempotent: it inserts the cell where it is missing, replaces an outdated version of it, removes copies of it
-further down, and leaves a notebook that already starts with it byte for byte unchanged. Notebooks stay stripped
-(no outputs, no execution counts; cell ids renumbered 0, 1, 2, ... as nbstripout does).
+built book does not show it. The script is idempotent: it inserts the cell where it is missing, replaces an
+outdated version of it, removes copies of it further down, and leaves a notebook that already starts with it byte
+for byte unchanged. Notebooks stay stripped (no outputs, no execution counts; cell ids renumbered 0, 1, 2, ... as
+nbstripout does).
 
 Without arguments it treats ``book/*.ipynb`` and the labs (``labs/*.ipynb``, ``labs/solutions/*.ipynb``). With
 ``--check`` it changes nothing and exits 1 if any notebook lacks the cell.
