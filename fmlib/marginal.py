@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,7 @@ def _exp2_sums(q: Tensor, shift: Tensor, d: Tensor, n_mean: int, floor: float) -
 
 
 @functools.cache
-def _fused_exp2_sums() -> object:
+def _fused_exp2_sums() -> Callable[..., Tensor]:
     return torch.compile(_exp2_sums, dynamic=True)
 
 
@@ -97,7 +98,7 @@ def _fused_sums(q: Tensor, shift: Tensor, d: Tensor, n_mean: int, floor: float) 
         # kept on this route, so one grad mode, one variant fewer
         config.fail_on_recompile_limit_hit = True
         with torch.no_grad():
-            return _fused_exp2_sums()(q, shift, d, n_mean, floor)  # type: ignore[operator]
+            return _fused_exp2_sums()(q, shift, d, n_mean, floor)
     except Exception as error:  # no working C++ compiler, or the variants used up: the eager loop's sums are the same
         _fused_failed.append(f"{type(error).__name__}: {error}")
         warnings.warn(
